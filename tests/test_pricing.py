@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -491,7 +492,10 @@ def test_module_imports_without_heavy_dependencies():
         "heavy = {'fastapi', 'stripe', 'supabase', 'psycopg', 'httpx', 'hypothesis'}; "
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    repo_root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root
+    )
     assert out.stdout.strip() == "[]"
 
 
