@@ -66,10 +66,7 @@ class TokenUsage(BaseModel):
                 f"exceeds input_tokens ({self.input_tokens})"
             )
         if self.reasoning_tokens > self.output_tokens:
-            raise ValueError(
-                f"reasoning_tokens ({self.reasoning_tokens}) exceeds "
-                f"output_tokens ({self.output_tokens})"
-            )
+            raise ValueError(f"reasoning_tokens ({self.reasoning_tokens}) exceeds output_tokens ({self.output_tokens})")
         return self
 
 
@@ -82,22 +79,16 @@ def normalize_usage(usage_format: str, raw: Any) -> TokenUsage:
     """
     parser = _PARSERS.get(usage_format) if isinstance(usage_format, str) else None
     if parser is None:
-        raise UsageFormatError(
-            f"unknown usage_format {usage_format!r}; expected one of {', '.join(USAGE_FORMATS)}"
-        )
+        raise UsageFormatError(f"unknown usage_format {usage_format!r}; expected one of {', '.join(USAGE_FORMATS)}")
     if not isinstance(raw, Mapping):
-        raise UsageFormatError(
-            f"{usage_format} usage must be a JSON object, got {type(raw).__name__}"
-        )
+        raise UsageFormatError(f"{usage_format} usage must be a JSON object, got {type(raw).__name__}")
     fields = parser(_Reader(usage_format, raw))
     try:
         return TokenUsage(**fields)
     except ValidationError as exc:
         # Reached when parts are consistent but a derived total (say Anthropic's input
         # plus cache reads plus cache writes) passes MAX_TOKENS, or parts overrun totals.
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'usage'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'usage'}: {err['msg']}" for err in exc.errors())
         raise UsageFormatError(f"{usage_format} usage cannot be billed: {problems}") from None
 
 
@@ -192,9 +183,7 @@ def _openai_chat(r: _Reader) -> dict[str, int]:
     cached = cached or 0
     r.part_within(cached, cached_name, prompt, "prompt_tokens")
 
-    reasoning = (
-        r.count(completion_details, "reasoning_tokens", path="completion_tokens_details.") or 0
-    )
+    reasoning = r.count(completion_details, "reasoning_tokens", path="completion_tokens_details.") or 0
     output, reasoning = _openai_like_output(
         r,
         prompt,
@@ -252,9 +241,7 @@ def _anthropic(r: _Reader) -> dict[str, int]:
     # the larger wins so a stale or truncated field can neither hide writes nor add any.
     breakdown = r.section(r.raw, "cache_creation")
     split = sum(
-        r.count(breakdown, key, path="cache_creation.") or 0
-        for key in breakdown
-        if key.endswith("_input_tokens")
+        r.count(breakdown, key, path="cache_creation.") or 0 for key in breakdown if key.endswith("_input_tokens")
     )
     cache_write = max(cache_write or 0, split)
 

@@ -1,0 +1,30 @@
+# creditgate: `make dev` runs everything locally, `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: dev test bench lint install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: install
+	$(VENV)/bin/creditgate dev
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/run.py
+
+lint: install
+	$(VENV)/bin/ruff check functions tests bench
+	$(VENV)/bin/ruff format --check functions tests bench
+
+clean:
+	rm -rf $(VENV) .creditgate

@@ -1,0 +1,7 @@
+"""Cloud function `admin`: accounts, members, plan changes, grants and metrics (service key)."""
+
+from functions.core.accounts.endpoints import router
+from functions.core.app import create_app, lambda_handler
+
+app = create_app("admin", router)
+handler = lambda_handler(app)

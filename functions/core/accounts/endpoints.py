@@ -1,0 +1,83 @@
+"""Accounts for the app's backend: create, members, plan changes, grants, and metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from functions.core.accounts.schemas import AccountAnswer, AccountPut, GrantAnswer, GrantPost, MemberPut, PlanPut
+from functions.core.deps import LedgerDep, ServiceDep
+from functions.core.present import cost_usd, micro_fields
+from functions.core.schemas import AccountId, IdempotencyKey
+
+router = APIRouter(tags=["admin"])
+AccountPath = Annotated[AccountId, Path()]
+
+
+def present_account(answer: dict) -> dict:
+    answer["balances"] = [micro_fields(b, ("available", "reserved", "debt")) for b in answer["balances"]]
+    return answer
+
+
+@router.put(
+    "/v1/accounts/{account_id}",
+    response_model=AccountAnswer,
+    status_code=200,
+    responses={201: {"model": AccountAnswer, "description": "created"}},
+)
+def put_account(
+    account_id: AccountPath, body: AccountPut, caller: ServiceDep, ledger: LedgerDep, response: Response
+) -> dict:
+    answer = ledger.ensure_account({"account_id": account_id, **body.model_dump(exclude_none=True)})
+    response.status_code = 201 if answer["created"] else 200
+    return present_account(answer)
+
+
+@router.put("/v1/accounts/{account_id}/members/{user_id}")
+def put_member(
+    account_id: AccountPath, user_id: AccountPath, body: MemberPut, caller: ServiceDep, ledger: LedgerDep
+) -> dict:
+    return ledger.set_member({"account_id": account_id, "user_id": user_id, "role": body.role})
+
+
+@router.put("/v1/accounts/{account_id}/plan", response_model=AccountAnswer)
+def put_plan(account_id: AccountPath, body: PlanPut, caller: ServiceDep, ledger: LedgerDep) -> dict:
+    return present_account(ledger.change_plan({"account_id": account_id, "plan": body.plan}))
+
+
+@router.post("/v1/accounts/{account_id}/grants", response_model=GrantAnswer, status_code=201)
+def post_grant(
+    account_id: AccountPath,
+    body: GrantPost,
+    caller: ServiceDep,
+    ledger: LedgerDep,
+    idempotency_key: Annotated[IdempotencyKey, Header(alias="Idempotency-Key")],
+    response: Response,
+) -> dict:
+    request = {
+        "account_id": account_id,
+        "idempotency_key": idempotency_key,
+        **body.model_dump(mode="json", exclude_none=True),
+    }
+    request["amount"] = body.amount
+    answer = ledger.grant_credits(request)
+    if answer.get("replayed"):
+        response.status_code = 200
+    answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
+    return micro_fields(answer, ("amount",))
+
+
+@router.get("/v1/admin/metrics")
+def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict:
+    answer = ledger.metrics(days)
+    for day in answer["daily"]:
+        day["cost"] = micro_fields(day, ("cost",))["cost"]
+        day["cost_usd"] = cost_usd(day.pop("cost_pico_usd"))
+    for row in answer["accounts_over_80_percent"]:
+        row.update(micro_fields(row, ("used", "allowance")))
+    for row in answer["top_models"]:
+        row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
+    for row in answer["top_agents"] + answer["top_features"]:
+        row["cost"] = micro_fields(row, ("cost",))["cost"]
+    return answer

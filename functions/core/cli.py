@@ -1,0 +1,160 @@
+"""`creditgate`: migrate, apply the catalog, reconcile, grant, and run everything locally."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+STATE_DIR = Path(".creditgate")
+
+
+def _ledger():
+    from functions.core.ledger import build_ledger
+    from functions.core.settings import Settings
+
+    return build_ledger(Settings(environment=os.environ.get("CREDITGATE_ENVIRONMENT", "development")))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from functions.core.database import migrate
+
+    dsn = os.environ.get("DATABASE_URL")
+    if not dsn:
+        print("DATABASE_URL is required (a direct connection, not the transaction pooler)", file=sys.stderr)
+        return 2
+    applied = migrate(dsn)
+    print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
+    return 0
+
+
+def cmd_catalog_apply(args: argparse.Namespace) -> int:
+    from functions.core.catalog import apply_catalog
+
+    print(json.dumps(apply_catalog(_ledger(), Path(args.file)), indent=2))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    result = _ledger().reconcile(args.account)
+    print(json.dumps(result, indent=2))
+    return 0 if result["ok"] else 1
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    from functions.core.money import to_micro
+
+    answer = _ledger().grant_credits(
+        {
+            "account_id": args.account,
+            "amount": to_micro(args.amount),
+            "key": args.key,
+            "source": args.source,
+            "reason": args.reason,
+            "idempotency_key": args.idempotency_key or secrets.token_hex(16),
+        }
+    )
+    print(json.dumps(answer, indent=2, default=str))
+    return 0
+
+
+def _dev_secrets() -> dict[str, str]:
+    """Secrets for local runs: the environment wins, else the ones generated last time."""
+    path = STATE_DIR / "dev.env"
+    saved = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
+    wanted = {
+        "CREDITGATE_SERVICE_KEYS": "cg_dev_" + secrets.token_urlsafe(24),
+        "CRON_SECRET": secrets.token_urlsafe(24),
+        "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_urlsafe(24),
+    }
+    values, generated = {}, []
+    for name, fresh in wanted.items():
+        if os.environ.get(name):
+            values[name] = os.environ[name]
+        else:
+            values[name] = saved.get(name) or fresh
+            generated.append(name)
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items() if k in generated))
+    path.chmod(0o600)
+    return values | {"_generated": ",".join(generated)}
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from functions.core.catalog import DEFAULT_CATALOG, apply_catalog
+    from functions.core.database import migrate, start_local_postgres
+
+    STATE_DIR.mkdir(exist_ok=True)
+    server = None
+    if not os.environ.get("DATABASE_URL"):
+        server = start_local_postgres(STATE_DIR / "pgdata")
+        os.environ["DATABASE_URL"] = server.dsn
+    try:
+        migrate(os.environ["DATABASE_URL"])
+        found = dict(_dev_secrets())
+        generated = found.pop("_generated")
+        os.environ.update(found)
+        os.environ.setdefault("CREDITGATE_ENVIRONMENT", "development")
+        port = int(os.environ.get("CREDITGATE_PORT", "8000"))
+        os.environ.setdefault("CREDITGATE_PUBLIC_URL", f"http://127.0.0.1:{port}")
+        print(json.dumps(apply_catalog(_ledger(), Path(args.catalog or DEFAULT_CATALOG))))
+        key = found["CREDITGATE_SERVICE_KEYS"].split(",")[0]
+        base = f"http://127.0.0.1:{port}"
+        print(
+            f"""
+creditgate is running at {base}   (API docs: {base}/docs)
+  database      {os.environ["DATABASE_URL"]}{"  (embedded, data in .creditgate/pgdata)" if server else ""}
+  payments      {os.environ.get("CREDITGATE_PAYMENTS") or ("stripe" if os.environ.get("STRIPE_SECRET_KEY") else "simulated")}
+  service key   {key}
+  generated     {generated or "nothing (all from the environment)"} (kept in .creditgate/dev.env)
+
+Try it:
+  curl -s -X PUT {base}/v1/accounts/demo-user -H 'Authorization: Bearer {key}' \\
+       -H 'Content-Type: application/json' -d '{{"plan": "free"}}'
+  curl -s -X POST {base}/v1/gate -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+       -d '{{"account_id": "demo-user", "feature": "chat", "model": "gpt-4o-mini", "estimate": {{"input_tokens": 1200, "max_output_tokens": 800}}, "idempotency_key": "demo-1"}}'
+  curl -s -X POST {base}/v1/usage -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+       -d '{{"account_id": "demo-user", "feature": "chat", "model": "gpt-4o-mini", "usage": {{"input_tokens": 1200, "output_tokens": 350}}, "idempotency_key": "demo-1"}}'
+  curl -s '{base}/v1/balance?account_id=demo-user' -H 'Authorization: Bearer {key}'
+""",
+            flush=True,
+        )
+        uvicorn.run("functions.local:app", host="127.0.0.1", port=port, log_level="info")
+    finally:
+        if server:
+            server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="creditgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply sql/ migrations to DATABASE_URL").set_defaults(run=cmd_migrate)
+    catalog = sub.add_parser("catalog", help="the offer").add_subparsers(dest="action", required=True)
+    apply = catalog.add_parser("apply", help="load a catalog file (idempotent)")
+    apply.add_argument("file", nargs="?", default=str(Path(__file__).resolve().parents[2] / "catalog.toml"))
+    apply.set_defaults(run=cmd_catalog_apply)
+    reconcile = sub.add_parser("reconcile", help="check every ledger invariant")
+    reconcile.add_argument("--account")
+    reconcile.set_defaults(run=cmd_reconcile)
+    grant = sub.add_parser("grant", help="grant credits to an account")
+    grant.add_argument("account")
+    grant.add_argument("amount")
+    grant.add_argument("--reason", required=True)
+    grant.add_argument("--key", default="credits")
+    grant.add_argument("--source", choices=["promo", "adjustment"], default="adjustment")
+    grant.add_argument("--idempotency-key")
+    grant.set_defaults(run=cmd_grant)
+    dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and all functions")
+    dev.add_argument("--catalog")
+    dev.set_defaults(run=cmd_dev)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Local PostgreSQL for `make dev` and the tests, and the migration runner.
+
+The server is a real PostgreSQL: the system's binaries when present, otherwise the ones
+the `pgserver` package ships. initdb refuses to run as root, so under root the server
+runs as the `postgres` user (or `nobody`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+COMPAT_SCRIPT = "00_supabase_compat"
+
+
+def find_pg_bin() -> Path:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
+    if candidates:
+        return Path(candidates[0]).parent
+    try:
+        import pgserver  # type: ignore[import-not-found]
+
+        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        if (bundled / "pg_ctl").exists():
+            return bundled
+    except ImportError:
+        pass
+    raise RuntimeError("No PostgreSQL server binaries found: install postgresql or `pip install pgserver`")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalPostgres:
+    data_dir: Path
+    port: int
+    bin_dir: Path
+    user: str | None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            user=self.user,
+            check=check,
+            capture_output=True,
+            text=True,
+            cwd="/",
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False)
+
+
+def _server_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise RuntimeError("Running as root and no unprivileged user to run PostgreSQL as")
+
+
+def start_local_postgres(data_dir: Path, port: int | None = None, *, durable: bool = True) -> LocalPostgres:
+    """Starts (creating if needed) a server on 127.0.0.1 only, with no Unix socket."""
+    bin_dir = find_pg_bin()
+    user = _server_user()
+    data_dir = data_dir.resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = LocalPostgres(data_dir, port or free_port(), bin_dir, user)
+    if user:
+        entry = pwd.getpwnam(user)
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+        for parent in data_dir.parents:  # the server user must be able to reach its folder
+            if parent == Path("/"):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    if not (data_dir / "PG_VERSION").exists():
+        server._run(
+            "initdb", "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"
+        )
+    options = [
+        f"-p {server.port}",
+        "-c listen_addresses=127.0.0.1",
+        "-c unix_socket_directories=''",
+        "-c max_connections=300",
+        "-c shared_buffers=256MB",
+    ]
+    if not durable:  # throwaway test clusters: nothing to recover after a crash
+        options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+    log = data_dir / "server.log"
+    result = server._run(
+        "pg_ctl", "-D", str(data_dir), "-o", " ".join(options), "-l", str(log), "-w", "-t", "60", "start", check=False
+    )
+    if result.returncode != 0:
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise RuntimeError(f"PostgreSQL did not start: {result.stderr}\n{tail}")
+    _wait_ready(server.port)
+    return server
+
+
+def _wait_ready(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"PostgreSQL did not listen on {port}")
+
+
+def migrations() -> list[Path]:
+    return sorted(SQL_DIR.glob("*.sql"))
+
+
+def migrate(dsn: str) -> list[str]:
+    """Applies each sql/*.sql once, in order, each in its own transaction. The Supabase
+    compatibility script is skipped where Supabase already provides auth."""
+    import psycopg
+
+    applied: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # Two deploys migrating at once take turns (a session lock on a direct connection).
+        conn.execute("SELECT pg_advisory_lock(hashtext('creditgate.migrate'))")
+        try:
+            on_supabase = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'supabase_admin')"
+            ).fetchone()[0]
+            for path in migrations():
+                version = path.stem
+                if version == COMPAT_SCRIPT:
+                    if not on_supabase:
+                        conn.execute(path.read_text())
+                    continue
+                if version in _applied_versions(conn):
+                    continue
+                with conn.transaction():
+                    conn.execute(path.read_text())
+                    conn.execute("INSERT INTO creditgate.schema_migrations (version) VALUES (%s)", [version])
+                applied.append(version)
+            conn.execute("SELECT creditgate.secure()")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext('creditgate.migrate'))")
+    return applied
+
+
+def _applied_versions(conn) -> set[str]:
+    if conn.execute("SELECT to_regclass('creditgate.schema_migrations')").fetchone()[0] is None:
+        return set()
+    return {row[0] for row in conn.execute("SELECT version FROM creditgate.schema_migrations")}

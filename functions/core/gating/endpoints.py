@@ -1,0 +1,65 @@
+"""Gate: may this caller do this now? Plus entitlements and reservation release."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+
+from functions.core.deps import AccountHeader, CallerDep, LedgerDep, ServiceDep, resolve_account
+from functions.core.gating.schemas import Entitlements, GateAllowed, GateDenied, GateRequest, ReleaseAnswer
+from functions.core.present import micro_fields
+from functions.core.schemas import AccountId
+
+router = APIRouter(tags=["gate"])
+DENIALS = {
+    402: {"model": GateDenied, "description": "insufficient_credits / debt_outstanding"},
+    403: {"model": GateDenied, "description": "feature_not_in_plan / agent_not_in_plan"},
+    429: {"model": GateDenied, "description": "rate_limited / guest_limit_reached"},
+}
+
+
+def present_gate(answer: dict) -> dict:
+    out = micro_fields(answer, ("cost_estimate", "charged"))
+    if out.get("reservation"):
+        out["reservation"] = micro_fields(out["reservation"], ("amount",))
+    if out.get("balance"):
+        out["balance"] = micro_fields(out["balance"], ("available",))
+    if out.get("usage_id") is None:
+        out.pop("usage_id", None)
+    return out
+
+
+@router.post("/v1/gate", response_model=GateAllowed, responses=DENIALS, response_model_exclude_none=False)
+def gate(body: GateRequest, caller: CallerDep, ledger: LedgerDep, x_account_id: AccountHeader = None) -> dict:
+    request = body.model_dump(exclude_none=True)
+    if caller.kind == "guest":
+        request.pop("account_id", None)
+        request.update(session_id=caller.session_id, client_ip=caller.client_ip)
+    else:
+        request["account_id"] = resolve_account(caller, ledger, body.account_id, x_account_id)
+        if caller.kind == "user":
+            request["user_id"] = caller.user_id
+    return present_gate(ledger.gate(request))
+
+
+@router.get("/v1/entitlements", response_model=Entitlements)
+def entitlements(
+    caller: CallerDep,
+    ledger: LedgerDep,
+    account_id: Annotated[AccountId | None, Query()] = None,
+    x_account_id: AccountHeader = None,
+) -> dict:
+    target = None if caller.kind == "guest" else resolve_account(caller, ledger, account_id, x_account_id)
+    answer = ledger.entitlements(target)
+    for item in answer["features"].values():
+        if isinstance(item.get("available"), int):
+            item["available"] = micro_fields(item, ("available",))["available"]
+    return answer
+
+
+@router.post("/v1/reservations/{reservation_id}/release", response_model=ReleaseAnswer)
+def release(reservation_id: UUID, caller: ServiceDep, ledger: LedgerDep) -> dict:
+    answer = ledger.release_reservation({"reservation_id": str(reservation_id)})
+    return micro_fields(answer, ("released",))

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from functions.core.pricing import TokenCount
+from functions.core.schemas import AccountId, Balance, IdempotencyKey, ModelName, Quantity, Slug, Strict
+
+
+class TokenEstimate(Strict):
+    input_tokens: TokenCount = 0
+    max_output_tokens: TokenCount = 0
+
+
+class QuantityEstimate(Strict):
+    quantity: Quantity
+
+
+class GateRequest(Strict):
+    account_id: AccountId | None = None
+    feature: Slug
+    agent: Slug | None = None
+    model: ModelName | None = None
+    provider: Slug | None = None
+    estimate: TokenEstimate | QuantityEstimate | None = None
+    mode: Literal["check", "reserve", "commit"] | None = None
+    ttl_seconds: int | None = Field(None, ge=10, le=86_400, strict=True)
+    idempotency_key: IdempotencyKey | None = None
+
+    @model_validator(mode="after")
+    def _mode_and_key(self) -> GateRequest:
+        if self.mode is None:
+            self.mode = "reserve" if self.estimate is not None else "check"
+        if self.mode != "check" and not self.idempotency_key:
+            raise ValueError(f"idempotency_key is required for mode {self.mode!r}")
+        return self
+
+
+class Reservation(BaseModel):
+    id: str
+    amount: str
+    expires_at: str
+
+
+class GateAllowed(BaseModel):
+    allowed: Literal[True]
+    account_id: str | None
+    plan: str
+    feature: str
+    agent: str | None = None
+    model: str | None = None
+    mode: str
+    cost_estimate: str
+    reservation: Reservation | None
+    charged: str | None = None
+    usage_id: str | None = None
+    balance: Balance | None
+    warnings: list[str]
+
+
+class GateDenied(BaseModel):
+    """The problem+json body of a 402 / 403 / 429 denial."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    allowed: Literal[False]
+    required: str | None = None
+    available: str | None = None
+    packs: list[dict] | None = None
+    upgrade_to: list[str] | None = None
+    retry_after: int | None = None
+
+
+class Entitlement(BaseModel):
+    allowed: bool
+    reason: str | None = None
+    upgrade_to: list[str] | None = None
+
+
+class Entitlements(BaseModel):
+    account_id: str | None
+    plan: dict
+    status: str
+    features: dict[str, dict]
+    agents: dict[str, dict]
+
+
+class ReleaseAnswer(BaseModel):
+    id: str
+    status: str
+    released: str

@@ -1,0 +1,99 @@
+"""The Ledger port: every balance change and every read of money is one call of one SQL
+function (an RPC). Adapters differ only in how they reach PostgreSQL."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from functions.core.settings import Settings
+
+
+class Ledger(ABC):
+    @abstractmethod
+    def rpc(self, name: str, request: dict[str, Any] | None = None) -> Any:
+        """Calls public.<name>(request) in one transaction; raises ProblemError for PTxxx."""
+
+    def close(self) -> None:  # noqa: B027 - adapters with resources override it
+        pass
+
+    # Named entry points, so callers read as what they do.
+    def ensure_account(self, request: dict) -> dict:
+        return self.rpc("creditgate_ensure_account", request)
+
+    def set_member(self, request: dict) -> dict:
+        return self.rpc("creditgate_set_member", request)
+
+    def is_member(self, account_id: str, user_id: str) -> bool:
+        return bool(self.rpc("creditgate_is_member", {"account_id": account_id, "user_id": user_id}))
+
+    def change_plan(self, request: dict) -> dict:
+        return self.rpc("creditgate_change_plan", request)
+
+    def grant_credits(self, request: dict) -> dict:
+        return self.rpc("creditgate_grant_credits", request)
+
+    def gate(self, request: dict) -> dict:
+        return self.rpc("creditgate_gate", request)
+
+    def release_reservation(self, request: dict) -> dict:
+        return self.rpc("creditgate_release_reservation", request)
+
+    def record_usage(self, request: dict) -> dict:
+        return self.rpc("creditgate_record_usage", request)
+
+    def record_usage_batch(self, events: list[dict]) -> list[dict]:
+        return self.rpc("creditgate_record_usage_batch", {"events": events})["results"]
+
+    def balance(self, account_id: str) -> dict:
+        return self.rpc("creditgate_balance", {"account_id": account_id})
+
+    def transactions(self, request: dict) -> dict:
+        return self.rpc("creditgate_transactions", request)
+
+    def usage_summary(self, request: dict) -> dict:
+        return self.rpc("creditgate_usage_summary", request)
+
+    def orders(self, account_id: str) -> dict:
+        return self.rpc("creditgate_orders", {"account_id": account_id})
+
+    def entitlements(self, account_id: str | None) -> dict:
+        return self.rpc("creditgate_entitlements", {"account_id": account_id})
+
+    def catalog(self) -> dict:
+        return self.rpc("creditgate_catalog")
+
+    def prices(self) -> dict:
+        return self.rpc("creditgate_prices")
+
+    def health(self) -> dict:
+        return self.rpc("creditgate_health")
+
+    def reconcile(self, account_id: str | None = None) -> dict:
+        return self.rpc("creditgate_reconcile", {"account_id": account_id})
+
+    def metrics(self, days: int) -> dict:
+        return self.rpc("creditgate_metrics", {"days": days})
+
+    def apply_catalog(self, document: dict) -> dict:
+        return self.rpc("creditgate_apply_catalog", document)
+
+
+def build_ledger(settings: Settings) -> Ledger:
+    """The adapter the settings ask for. Neither imports its driver until first used."""
+    if settings.database_url:
+        from functions.core.ledger.postgres import PostgresLedger
+
+        return PostgresLedger(
+            settings.database_url, max_size=settings.db_pool_max, prepared_statements=settings.db_prepared_statements
+        )
+    if settings.supabase_url and settings.supabase_service_role_key:
+        from functions.core.ledger.supabase import SupabaseLedger
+
+        return SupabaseLedger(settings.supabase_url, settings.supabase_service_role_key)
+    from functions.core.errors import ServiceUnavailable
+
+    raise ServiceUnavailable(
+        "No database configured: set DATABASE_URL or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY",
+        code="database_not_configured",
+    )

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field, model_validator
+
+from functions.core.pricing import USAGE_FORMATS, TokenUsage, UsageFormatError, normalize_usage
+from functions.core.schemas import AccountId, IdempotencyKey, ModelName, Quantity, Slug, Strict
+
+MAX_METADATA_BYTES = 8_192
+
+
+class UsageRequest(Strict):
+    idempotency_key: IdempotencyKey
+    account_id: AccountId | None = None
+    reservation_id: UUID | None = None
+    feature: Slug
+    agent: Slug | None = None
+    model: ModelName | None = None
+    provider: Slug | None = None
+    usage: TokenUsage | None = None
+    raw_usage: dict[str, Any] | None = None
+    usage_format: Literal["openai", "openai_responses", "anthropic", "gemini"] | None = None
+    quantity: Quantity | None = None
+    session_id: str | None = Field(None, max_length=128)
+    user_id: str | None = Field(None, max_length=128)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_account_and_one_usage(self) -> UsageRequest:
+        if not self.account_id and not self.reservation_id:
+            raise ValueError("account_id or reservation_id is required")
+        if self.raw_usage is not None:
+            if self.usage is not None:
+                raise ValueError("send usage or raw_usage, not both")
+            if self.usage_format is None:
+                raise ValueError(f"raw_usage needs usage_format, one of {', '.join(USAGE_FORMATS)}")
+            try:
+                self.usage = normalize_usage(self.usage_format, self.raw_usage)
+            except UsageFormatError as error:
+                raise ValueError(f"raw_usage: {error}") from None
+        if self.metadata is not None and len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is limited to {MAX_METADATA_BYTES} bytes of JSON")
+        return self
+
+    def to_rpc(self) -> dict[str, Any]:
+        request = self.model_dump(mode="json", exclude_none=True, exclude={"raw_usage", "usage_format"})
+        if self.raw_usage is not None:
+            request["metadata"] = {**(self.metadata or {}), "usage_format": self.usage_format}
+        return request
+
+
+class BatchRequest(Strict):
+    events: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class UsageBalance(BaseModel):
+    key: str
+    available: str
+    debt: str
+
+
+class SettledReservation(BaseModel):
+    id: str
+    status: str
+    released: str
+
+
+class UsageAnswer(BaseModel):
+    usage_id: str
+    account_id: str
+    feature: str
+    cost: str
+    cost_usd: str
+    balance: UsageBalance
+    reservation: SettledReservation | None
+    overdraft: bool
+    replayed: bool = False
+
+
+class BatchAnswer(BaseModel):
+    results: list[dict[str, Any]]

@@ -1,0 +1,144 @@
+"""Balances, history, usage summaries, orders, and the public catalog, prices and health."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from functions.core.deps import AccountHeader, LedgerDep, SignedInDep, resolve_account
+from functions.core.errors import ProblemError
+from functions.core.money import format_micro, minor_to_major
+from functions.core.present import cost_usd, micro_fields, pack
+from functions.core.reporting.schemas import BalanceAnswer, Catalog, Health, Orders, Prices, Transactions, UsageSummary
+from functions.core.schemas import AccountId
+
+router = APIRouter(tags=["balance"])
+AccountQuery = Annotated[AccountId | None, Query(description="required with a service key")]
+
+
+@router.get("/v1/balance", response_model=BalanceAnswer)
+def balance(
+    caller: SignedInDep, ledger: LedgerDep, account_id: AccountQuery = None, x_account_id: AccountHeader = None
+) -> dict:
+    answer = ledger.balance(resolve_account(caller, ledger, account_id, x_account_id))
+    answer["balances"] = [micro_fields(line) for line in answer["balances"]]
+    return answer
+
+
+@router.get("/v1/transactions", response_model=Transactions)
+def transactions(
+    caller: SignedInDep,
+    ledger: LedgerDep,
+    account_id: AccountQuery = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
+    key: Annotated[str | None, Query(max_length=64)] = None,
+    x_account_id: AccountHeader = None,
+) -> dict:
+    target = resolve_account(caller, ledger, account_id, x_account_id)
+    answer = ledger.transactions({"account_id": target, "limit": limit, "cursor": cursor, "key": key})
+    answer["items"] = [micro_fields(item, ("amount", "balance_after")) for item in answer["items"]]
+    return answer
+
+
+@router.get("/v1/usage", response_model=UsageSummary)
+def usage_summary(
+    caller: SignedInDep,
+    ledger: LedgerDep,
+    account_id: AccountQuery = None,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: Annotated[datetime | None, Query()] = None,
+    group_by: Literal["day", "model", "feature", "agent", "user"] = "day",
+    x_account_id: AccountHeader = None,
+) -> dict:
+    target = resolve_account(caller, ledger, account_id, x_account_id)
+    answer = ledger.usage_summary(
+        {
+            "account_id": target,
+            "group_by": group_by,
+            "from": from_.isoformat() if from_ else None,
+            "to": to.isoformat() if to else None,
+        }
+    )
+    for row in [*answer["items"], answer["totals"]]:
+        row["cost"] = format_micro(row["cost"])
+        row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
+    return answer
+
+
+@router.get("/v1/orders", response_model=Orders)
+def orders(
+    caller: SignedInDep, ledger: LedgerDep, account_id: AccountQuery = None, x_account_id: AccountHeader = None
+) -> dict:
+    answer = ledger.orders(resolve_account(caller, ledger, account_id, x_account_id))
+    for order in answer["items"]:
+        order["amount"] = minor_to_major(order.pop("amount_minor"), order["currency"])
+        order["refunded"] = minor_to_major(order.pop("refunded_minor"), order["currency"])
+        order["credits"] = format_micro(order["credits"])
+    return answer
+
+
+@router.get("/v1/catalog", response_model=Catalog)
+def catalog(ledger: LedgerDep) -> dict:
+    raw = ledger.catalog()
+    plans = [
+        {
+            **p,
+            "price": minor_to_major(p["price_minor"], p["currency"]),
+            "allowances": {k: format_micro(v) for k, v in p["allowances"].items()},
+        }
+        for p in raw["plans"]
+    ]
+    features = []
+    for f in raw["features"]:
+        pricing = None
+        if f["kind"] == "metered":
+            pricing = {"mode": f["pricing_mode"]}
+            if f["credits_per_unit"] is not None:
+                pricing["credits_per_unit"] = format_micro(f["credits_per_unit"])
+        features.append({**f, "pricing": pricing})
+    return {
+        "plans": plans,
+        "packs": [pack(p) for p in raw["packs"]],
+        "features": features,
+        "agents": raw["agents"],
+        "currency": raw["currency"],
+    }
+
+
+def _usd(micro: int | None) -> str | None:
+    return format_micro(micro)
+
+
+@router.get("/v1/prices", response_model=Prices)
+def prices(ledger: LedgerDep) -> dict:
+    raw = ledger.prices()
+    money = (
+        "input_per_mtok",
+        "output_per_mtok",
+        "cached_input_per_mtok",
+        "reasoning_per_mtok",
+        "cache_write_per_mtok",
+        "long_context_input_per_mtok",
+        "long_context_output_per_mtok",
+        "long_context_cached_input_per_mtok",
+        "long_context_cache_write_per_mtok",
+    )
+    items = [{**p, **{k: _usd(p.get(k)) for k in money}} for p in raw["items"]]
+    markup = format((Decimal(raw["markup_bps"]) / 10_000).normalize(), "f")
+    return {"items": items, "credits_per_usd": raw["credits_per_usd"], "markup": markup}
+
+
+@router.get("/v1/health", response_model=Health, responses={503: {"description": "database unreachable"}})
+def health(ledger: LedgerDep):
+    try:
+        answer = ledger.health()
+    except ProblemError as error:
+        if error.status != 503:
+            raise
+        return JSONResponse({"status": "degraded", "database": "unreachable", "schema_version": None}, status_code=503)
+    return {"status": "ok", "database": "ok", "schema_version": answer.get("schema_version")}

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class BalanceLine(BaseModel):
+    key: str
+    available: str
+    reserved: str
+    debt: str
+    allowance: str
+    used_this_period: str
+    period_start: str
+    resets_at: str
+    percent_used: float | None
+    status: str
+
+
+class BalanceAnswer(BaseModel):
+    account_id: str
+    plan: dict[str, str]
+    balances: list[BalanceLine]
+    low_balance: bool
+    runway_days: float | None
+
+
+class Transaction(BaseModel):
+    id: int
+    at: str
+    kind: str
+    key: str
+    amount: str
+    balance_after: str
+    source: str | None = None
+    usage_id: str | None = None
+    external_ref: str | None = None
+
+
+class Transactions(BaseModel):
+    items: list[Transaction]
+    next_cursor: str | None
+
+
+class UsageGroup(BaseModel):
+    group: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost: str
+    cost_usd: str
+
+
+class UsageSummary(BaseModel):
+    group_by: str
+    items: list[UsageGroup]
+    totals: dict[str, Any]
+
+
+class Order(BaseModel):
+    order_id: str
+    kind: str
+    item: str
+    status: str
+    amount: str
+    currency: str
+    credits: str
+    created_at: str
+    updated_at: str
+
+
+class Orders(BaseModel):
+    items: list[Order]
+
+
+class CatalogPlan(BaseModel):
+    id: str
+    name: str
+    price: str
+    currency: str
+    interval: str
+    allowances: dict[str, str]
+    features: list[str]
+    agents: list[str]
+    rate_limit_per_minute: int
+
+
+class CatalogPack(BaseModel):
+    id: str
+    name: str
+    price: str
+    currency: str
+    credits: str
+    bonus_credits: str
+
+
+class CatalogFeature(BaseModel):
+    id: str
+    name: str
+    kind: str
+    balance_key: str | None
+    pricing: dict[str, str] | None
+    requests_key: str | None = None
+
+
+class Catalog(BaseModel):
+    plans: list[CatalogPlan]
+    packs: list[CatalogPack]
+    features: list[CatalogFeature]
+    agents: list[dict[str, Any]]
+
+
+class Price(BaseModel):
+    provider: str
+    model: str
+    input_per_mtok: str
+    output_per_mtok: str
+    cached_input_per_mtok: str | None
+    reasoning_per_mtok: str | None = None
+    cache_write_per_mtok: str | None = None
+    long_context_threshold: int | None = None
+    long_context_input_per_mtok: str | None = None
+    long_context_output_per_mtok: str | None = None
+    source: str | None = None
+
+
+class Prices(BaseModel):
+    items: list[Price]
+    credits_per_usd: int
+    markup: str
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    schema_version: str | None

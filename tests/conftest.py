@@ -1,0 +1,118 @@
+"""The suite runs against a real PostgreSQL server it starts itself (system binaries, or
+the pgserver package), migrated and loaded with the shipped catalog."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from functions.core.catalog import apply_catalog
+from functions.core.database import migrate, start_local_postgres
+from functions.core.ledger.postgres import PostgresLedger
+from functions.core.settings import Settings
+
+SERVICE_KEY = "cg_test_service_key_0123456789abcdef"
+JWT_SECRET = "test-jwt-secret-with-at-least-32-characters!!"
+CRON_SECRET = "test-cron-secret-0123456789"
+WEBHOOK_SECRET = "whsec_test_secret_0123456789"
+MICRO = 1_000_000
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    if os.environ.get("CREDITGATE_TEST_DATABASE_URL"):
+        yield os.environ["CREDITGATE_TEST_DATABASE_URL"]
+        return
+    root = Path(tempfile.mkdtemp(prefix="creditgate-test-"))
+    server = start_local_postgres(root / "pgdata", durable=False)
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dsn(pg_server):
+    migrate(pg_server)
+    ledger = PostgresLedger(pg_server, max_size=2)
+    apply_catalog(ledger)
+    ledger.close()
+    return pg_server
+
+
+@pytest.fixture(scope="session")
+def ledger(dsn):
+    ledger = PostgresLedger(dsn, max_size=80)
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture(scope="session")
+def settings(dsn):
+    return Settings(
+        environment="test",
+        database_url=dsn,
+        service_keys=SERVICE_KEY,
+        supabase_jwt_secret=JWT_SECRET,
+        cron_secret=CRON_SECRET,
+        stripe_webhook_secret=WEBHOOK_SECRET,
+        payments="simulated",
+        allowed_origins="http://localhost:3000",
+        public_url="http://testserver",
+    )
+
+
+@pytest.fixture(scope="session")
+def app(settings, ledger):
+    from functions.local import build_app
+
+    return build_app(settings=settings, ledger=ledger)
+
+
+@pytest.fixture(scope="session")
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def service_headers():
+    return {"Authorization": f"Bearer {SERVICE_KEY}"}
+
+
+def new_account_id(prefix: str = "acct") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_account(ledger):
+    """A fresh account on a plan, with its welcome credit and allowances."""
+
+    def make(plan: str = "free", owner: str = "user", account_id: str | None = None) -> str:
+        account_id = account_id or new_account_id()
+        ledger.ensure_account({"account_id": account_id, "plan": plan, "owner": owner})
+        return account_id
+
+    return make
+
+
+@pytest.fixture
+def sql(dsn):
+    """Runs SQL as the superuser for assertions and for moving the clock in tests."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def run(query: str, *params):
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else None
+
+        yield run
