@@ -43,7 +43,22 @@ def dsn(pg_server):
     ledger = PostgresLedger(pg_server, max_size=2)
     apply_catalog(ledger)
     ledger.close()
+    _add_test_plans(pg_server)
     return pg_server
+
+
+def _add_test_plans(dsn: str) -> None:
+    """Plans only tests use: everything unlocked, no allowance and no rate limit, so a
+    test's balance is exactly what it grants (plus the welcome credit)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""
+            INSERT INTO creditgate.plans (id, name, price_minor, features, agents, allowances, rate_limit_per_minute,
+                                          display_order)
+            SELECT 'test_open', 'Test open', 0, array_agg(DISTINCT f.id), (SELECT array_agg(id) FROM creditgate.agents),
+                   '{}', 0, 99 FROM creditgate.features f
+            ON CONFLICT (id) DO NOTHING""")
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +131,50 @@ def sql(dsn):
             return cursor.fetchall() if cursor.description else None
 
         yield run
+
+
+@pytest.fixture
+def welcome(sql) -> int:
+    """The welcome credit every new account gets, in micro-credits."""
+    return sql("SELECT welcome_credits FROM creditgate.settings")[0][0]
+
+
+def grant(
+    ledger,
+    account_id: str,
+    credits: int | float,
+    *,
+    key: str = "credits",
+    source: str = "adjustment",
+    expires_at: str | None = None,
+) -> dict:
+    request = {
+        "account_id": account_id,
+        "amount": int(credits * MICRO),
+        "key": key,
+        "source": source,
+        "reason": "test",
+        "idempotency_key": uuid.uuid4().hex,
+    }
+    if expires_at:
+        request["expires_at"] = expires_at
+    return ledger.grant_credits(request)
+
+
+def commit(ledger, account_id: str, feature: str = "vm_minute", quantity: int = 1, key: str | None = None) -> dict:
+    return ledger.gate(
+        {
+            "account_id": account_id,
+            "feature": feature,
+            "mode": "commit",
+            "estimate": {"quantity": quantity},
+            "idempotency_key": key or uuid.uuid4().hex,
+        }
+    )
+
+
+def available(ledger, account_id: str, key: str = "credits") -> int:
+    for line in ledger.balance(account_id)["balances"]:
+        if line["key"] == key:
+            return line["available"]
+    return 0
