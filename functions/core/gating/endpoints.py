@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Annotated
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Query
 
 from functions.core.deps import AccountHeader, CallerDep, LedgerDep, ServiceDep, resolve_account
+from functions.core.errors import InvalidRequest
 from functions.core.gating.schemas import Entitlements, GateAllowed, GateDenied, GateRequest, ReleaseAnswer
 from functions.core.present import micro_fields
 from functions.core.schemas import AccountId
@@ -34,7 +35,15 @@ def present_gate(answer: dict) -> dict:
 @router.post("/v1/gate", response_model=GateAllowed, responses=DENIALS, response_model_exclude_none=False)
 def gate(body: GateRequest, caller: CallerDep, ledger: LedgerDep, x_account_id: AccountHeader = None) -> dict:
     request = body.model_dump(exclude_none=True)
+    if request["mode"] != "check" and not body.idempotency_key and caller.kind != "guest":
+        raise InvalidRequest(
+            f"idempotency_key is required for mode {request['mode']!r}",
+            errors=[{"loc": ["body", "idempotency_key"], "msg": "Field required", "type": "missing"}],
+        )
     if caller.kind == "guest":
+        # A guest's gate call is an exchange: unless the app asks only to check, it counts.
+        if not body._mode_given:
+            request.update(mode="commit", idempotency_key=body.idempotency_key or uuid4().hex)
         request.pop("account_id", None)
         request.update(session_id=caller.session_id, client_ip=caller.client_ip)
     else:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from functions.core.pricing import TokenCount
 from functions.core.schemas import AccountId, Balance, IdempotencyKey, ModelName, Quantity, Slug, Strict
@@ -27,12 +27,14 @@ class GateRequest(Strict):
     mode: Literal["check", "reserve", "commit"] | None = None
     ttl_seconds: int | None = Field(None, ge=10, le=86_400, strict=True)
     idempotency_key: IdempotencyKey | None = None
+    _mode_given: bool = PrivateAttr(False)
 
     @model_validator(mode="after")
     def _mode_and_key(self) -> GateRequest:
+        self._mode_given = self.mode is not None
         if self.mode is None:
             self.mode = "reserve" if self.estimate is not None else "check"
-        if self.mode != "check" and not self.idempotency_key:
+        if self.mode != "check" and not self.idempotency_key and self._mode_given:
             raise ValueError(f"idempotency_key is required for mode {self.mode!r}")
         return self
 

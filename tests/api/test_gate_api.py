@@ -1,0 +1,239 @@
+"""POST /v1/gate, GET /v1/entitlements, POST /v1/reservations/{id}/release."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi.testclient import TestClient
+
+from functions.local import build_app
+from tests.api.helpers import assert_problem, bearer, user_token
+
+
+def gate_body(account: str | None, **extra) -> dict:
+    body = {
+        "feature": "chat",
+        "model": "gpt-4o-mini",
+        "estimate": {"input_tokens": 1200, "max_output_tokens": 800},
+        "idempotency_key": uuid.uuid4().hex,
+        **extra,
+    }
+    if account:
+        body["account_id"] = account
+    return body
+
+
+class TestPostGate:
+    def test_reserve_answers_with_the_contract_shape(self, client, service_headers, make_account):
+        account = make_account("free")
+        response = client.post("/v1/gate", json=gate_body(account), headers=service_headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["allowed"] is True and body["plan"] == "free" and body["mode"] == "reserve"
+        # 1200 x 0.15 + 800 x 0.6 USD/Mtok = 0.00066 USD -> x 100 credits/USD x 1.5 markup
+        assert body["cost_estimate"] == "0.099"
+        assert body["reservation"]["amount"] == "0.099" and body["reservation"]["id"]
+        assert body["balance"]["key"] == "credits" and body["warnings"] == []
+
+    def test_replay_returns_the_first_answer(self, client, service_headers, make_account):
+        account = make_account("free")
+        body = gate_body(account)
+        first = client.post("/v1/gate", json=body, headers=service_headers).json()
+        again = client.post("/v1/gate", json=body, headers=service_headers).json()
+        assert again == first
+
+    def test_locked_agent_is_403_with_upgrade_to(self, client, service_headers, make_account):
+        account = make_account("free")
+        response = client.post("/v1/gate", json=gate_body(account, agent="builder"), headers=service_headers)
+        body = assert_problem(response, 403, "agent_not_in_plan")
+        assert body["allowed"] is False and body["upgrade_to"][0] == "starter"
+
+    def test_locked_feature_is_403_with_upgrade_to(self, client, service_headers, make_account):
+        account = make_account("free")
+        body = {"account_id": account, "feature": "generate_goal", "mode": "check"}
+        problem = assert_problem(
+            client.post("/v1/gate", json=body, headers=service_headers), 403, "feature_not_in_plan"
+        )
+        assert problem["upgrade_to"] == ["pro", "business", "enterprise"]
+
+    def test_unknown_model_is_422_never_free(self, client, service_headers, make_account):
+        account = make_account("free")
+        response = client.post("/v1/gate", json=gate_body(account, model="gpt-9-imaginary"), headers=service_headers)
+        assert_problem(response, 422, "unknown_model")
+
+    def test_unknown_feature_and_account(self, client, service_headers, make_account):
+        account = make_account("free")
+        assert_problem(
+            client.post("/v1/gate", json={"account_id": account, "feature": "nope"}, headers=service_headers),
+            422,
+            "unknown_feature",
+        )
+        assert_problem(
+            client.post("/v1/gate", json={"account_id": "missing-account", "feature": "chat"}, headers=service_headers),
+            404,
+            "account_not_found",
+        )
+
+    def test_insufficient_credits_lists_packs(self, client, service_headers, make_account):
+        account = make_account("free")
+        body = gate_body(account, estimate={"input_tokens": 900_000_000, "max_output_tokens": 0})
+        problem = assert_problem(
+            client.post("/v1/gate", json=body, headers=service_headers), 402, "insufficient_credits"
+        )
+        assert problem["required"] == "20250" and problem["available"] == "150"
+        assert problem["packs"][1] == {
+            "id": "growth",
+            "name": "Growth",
+            "price": "49.00",
+            "currency": "usd",
+            "credits": "6000",
+            "bonus_credits": "500",
+        }
+
+    def test_rate_limit_is_429_with_retry_after(self, client, service_headers, make_account):
+        account = make_account("free")  # 10 requests a minute
+        statuses = []
+        for _ in range(21):
+            response = client.post("/v1/gate", json={"account_id": account, "feature": "chat"}, headers=service_headers)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                body = assert_problem(response, 429, "rate_limited")
+                assert 1 <= body["retry_after"] <= 60
+                assert response.headers["Retry-After"] == str(body["retry_after"])
+                break
+        assert statuses[-1] == 429 and statuses.count(200) >= 10
+
+    def test_service_key_must_name_the_account(self, client, service_headers):
+        assert_problem(
+            client.post("/v1/gate", json={"feature": "chat"}, headers=service_headers), 422, "invalid_request"
+        )
+
+
+class TestGateAsUser:
+    def test_first_use_of_a_user_token_creates_the_account(self, client):
+        user = str(uuid.uuid4())
+        response = client.post("/v1/gate", json={"feature": "chat"}, headers=bearer(user_token(user)))
+        assert response.status_code == 200, response.text
+        assert response.json()["account_id"] == user and response.json()["plan"] == "free"
+
+    def test_a_user_cannot_act_for_another_account(self, client, make_account):
+        other = make_account("free")
+        response = client.post("/v1/gate", json={"feature": "chat", "account_id": other}, headers=bearer(user_token()))
+        assert_problem(response, 403, "forbidden")
+
+    def test_a_member_acts_for_the_org_account(self, client, service_headers, make_account):
+        org = make_account("pro", owner="org")
+        user = str(uuid.uuid4())
+        client.put(f"/v1/accounts/{org}/members/{user}", json={"role": "member"}, headers=service_headers)
+        response = client.post(
+            "/v1/gate", json={"feature": "generate_goal"}, headers={**bearer(user_token(user)), "X-Account-Id": org}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["account_id"] == org
+
+    def test_expired_and_forged_tokens_are_401(self, client):
+        assert_problem(
+            client.post("/v1/gate", json={"feature": "chat"}, headers=bearer(user_token(exp_in=-60))),
+            401,
+            "unauthenticated",
+        )
+        forged = user_token(secret="not-the-project-secret-not-the-project-secret")
+        assert_problem(
+            client.post("/v1/gate", json={"feature": "chat"}, headers=bearer(forged)), 401, "unauthenticated"
+        )
+        assert_problem(
+            client.post("/v1/gate", json={"feature": "chat"}, headers=bearer(user_token(aud="other"))),
+            401,
+            "unauthenticated",
+        )
+        assert_problem(
+            client.post("/v1/gate", json={"feature": "chat"}, headers=bearer("cg_wrong_service_key")),
+            401,
+            "unauthenticated",
+        )
+        assert_problem(client.post("/v1/gate", json={"feature": "chat"}), 401, "unauthenticated")
+
+
+class TestGateAsGuest:
+    def test_guests_get_the_configured_exchanges_per_session(self, client):
+        session = {"X-Session-Id": f"guest-{uuid.uuid4().hex}"}
+        answers = [
+            client.post("/v1/gate", json={"feature": "chat", "agent": "commander"}, headers=session) for _ in range(4)
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[0].json()["plan"] == "anonymous"
+        body = assert_problem(answers[3], 429, "guest_limit_reached")
+        assert body["scope"] == "session" and body["retry_after"] > 0 and body["upgrade_to"]
+
+    def test_a_check_does_not_spend_an_exchange(self, client):
+        session = {"X-Session-Id": f"guest-{uuid.uuid4().hex}"}
+        for _ in range(5):
+            assert (
+                client.post("/v1/gate", json={"feature": "chat", "mode": "check"}, headers=session).status_code == 200
+            )
+
+    def test_guests_are_capped_per_ip_across_sessions(self, settings, ledger):
+        app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
+        ip = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
+        statuses = []
+        with TestClient(app) as client:
+            for n in range(8):
+                for _ in range(3):
+                    response = client.post(
+                        "/v1/gate",
+                        json={"feature": "chat"},
+                        headers={
+                            "X-Session-Id": f"ip-test-{ip}-{n}-{uuid.uuid4().hex[:6]}"[:60],
+                            "X-Forwarded-For": f"203.0.113.9, {ip}",
+                        },
+                    )
+                    statuses.append(response.status_code)
+                    if response.status_code == 429:
+                        assert response.json()["scope"] == "ip"
+        assert statuses.count(200) == 20 and statuses.count(429) == 4
+
+    def test_a_locked_agent_is_refused_to_guests(self, client):
+        response = client.post(
+            "/v1/gate",
+            json={"feature": "chat", "agent": "builder"},
+            headers={"X-Session-Id": f"guest-{uuid.uuid4().hex}"},
+        )
+        assert_problem(response, 403, "agent_not_in_plan")
+
+    def test_a_malformed_session_id_is_422(self, client):
+        assert_problem(
+            client.post("/v1/gate", json={"feature": "chat"}, headers={"X-Session-Id": "x"}), 422, "invalid_request"
+        )
+
+
+class TestEntitlements:
+    def test_free_account_sees_locked_agents_and_features(self, client, service_headers, make_account):
+        account = make_account("free")
+        body = client.get(f"/v1/entitlements?account_id={account}", headers=service_headers).json()
+        assert body["plan"]["id"] == "free"
+        assert body["agents"]["commander"]["allowed"] is True
+        assert body["agents"]["builder"] == {
+            "allowed": False,
+            "name": body["agents"]["builder"]["name"],
+            "reason": "agent_not_in_plan",
+            "upgrade_to": ["starter", "pro", "business"],
+        }
+        assert body["features"]["quests"]["allowed"] is False
+
+    def test_guest_entitlements_are_the_anonymous_plan(self, client):
+        body = client.get("/v1/entitlements", headers={"X-Session-Id": f"guest-{uuid.uuid4().hex}"}).json()
+        assert body["plan"]["id"] == "anonymous" and body["agents"]["connector"]["allowed"] is True
+
+
+class TestRelease:
+    def test_release_twice_is_a_no_op(self, client, service_headers, make_account):
+        account = make_account("free")
+        reservation = client.post("/v1/gate", json=gate_body(account), headers=service_headers).json()["reservation"]
+        first = client.post(f"/v1/reservations/{reservation['id']}/release", headers=service_headers)
+        second = client.post(f"/v1/reservations/{reservation['id']}/release", headers=service_headers)
+        assert first.json() == {"id": reservation["id"], "status": "released", "released": "0.099"}
+        assert second.status_code == 200 and second.json()["released"] == "0"
+
+    def test_users_cannot_release(self, client):
+        response = client.post(f"/v1/reservations/{uuid.uuid4()}/release", headers=bearer(user_token()))
+        assert_problem(response, 403, "forbidden")
