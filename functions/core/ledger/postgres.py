@@ -12,8 +12,11 @@ from functions.core.ledger import Ledger
 
 
 class PostgresLedger(Ledger):
-    def __init__(self, dsn: str, *, max_size: int = 10, prepared_statements: bool | None = None) -> None:
+    def __init__(
+        self, dsn: str, *, max_size: int = 10, prepared_statements: bool | None = None, wait_seconds: float = 5.0
+    ) -> None:
         self.dsn = dsn
+        self.wait_seconds = wait_seconds
         self.max_size = max_size
         if prepared_statements is None:
             # Supavisor's transaction mode listens on 6543 and cannot keep prepared statements.
@@ -48,7 +51,7 @@ class PostgresLedger(Ledger):
         query = f"SELECT public.{name}(%s::jsonb)" if request is not None else f"SELECT public.{name}()"
         params = [Jsonb(request)] if request is not None else []
         try:
-            with self.pool.connection(timeout=10) as conn:
+            with self.pool.connection(timeout=self.wait_seconds) as conn:
                 return conn.execute(query, params).fetchone()[0]
         except psycopg.Error as error:
             state = error.sqlstate or ""

@@ -1,0 +1,91 @@
+"""PUT /v1/accounts/{id}, members, plan; POST grants; GET /v1/admin/metrics."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.api.helpers import assert_problem, bearer, user_token
+
+
+def balance(client, headers, account, key="credits"):
+    lines = client.get(f"/v1/balance?account_id={account}", headers=headers).json()["balances"]
+    return next(line for line in lines if line["key"] == key)
+
+
+class TestPutAccount:
+    def test_created_then_existing(self, client, service_headers):
+        account = f"org-{uuid.uuid4().hex[:8]}"
+        first = client.put(f"/v1/accounts/{account}", json={"plan": "starter", "owner": "org"}, headers=service_headers)
+        again = client.put(f"/v1/accounts/{account}", json={"plan": "starter", "owner": "org"}, headers=service_headers)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert first.json()["plan"]["id"] == "starter" and first.json()["owner"] == "org"
+        credits = next(b for b in first.json()["balances"] if b["key"] == "credits")
+        assert credits["available"] == "550"  # 500 allowance + 50 welcome
+
+    def test_only_the_service_key(self, client):
+        assert_problem(client.put("/v1/accounts/x", json={}, headers=bearer(user_token())), 403, "forbidden")
+
+
+class TestPutPlan:
+    def test_the_new_allowance_replaces_the_old_one(self, client, service_headers, make_account):
+        account = make_account("free")
+        client.post(
+            "/v1/usage",
+            headers=service_headers,
+            json={"account_id": account, "feature": "ai_message", "quantity": 100, "idempotency_key": "u"},
+        )  # 20 credits
+        response = client.put(f"/v1/accounts/{account}/plan", json={"plan": "pro"}, headers=service_headers)
+        assert response.status_code == 200 and response.json()["plan"]["id"] == "pro"
+        line = balance(client, service_headers, account)
+        assert line["available"] == "1550" and line["allowance"] == "1500"
+        assert balance(client, service_headers, account, "goal_generation")["available"] == "20"
+        assert_problem(
+            client.put(f"/v1/accounts/{account}/plan", json={"plan": "gold"}, headers=service_headers),
+            422,
+            "unknown_plan",
+        )
+
+
+class TestPostGrant:
+    def test_grant_is_idempotent_by_key(self, client, service_headers, make_account):
+        account = make_account("free")
+        headers = {**service_headers, "Idempotency-Key": "promo-7"}
+        body = {"amount": "12.5", "source": "promo", "reason": "launch week"}
+        first = client.post(f"/v1/accounts/{account}/grants", json=body, headers=headers)
+        again = client.post(f"/v1/accounts/{account}/grants", json=body, headers=headers)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert first.json()["amount"] == "12.5" and again.json()["grant_id"] == first.json()["grant_id"]
+        assert balance(client, service_headers, account)["available"] == "162.5"
+        conflict = client.post(f"/v1/accounts/{account}/grants", json={**body, "amount": "13"}, headers=headers)
+        assert_problem(conflict, 409, "idempotency_conflict")
+
+    def test_expiry_in_the_past_is_refused(self, client, service_headers, make_account):
+        account = make_account("free")
+        response = client.post(
+            f"/v1/accounts/{account}/grants",
+            headers={**service_headers, "Idempotency-Key": "p"},
+            json={"amount": "1", "source": "promo", "reason": "x", "expires_at": "2001-01-01T00:00:00Z"},
+        )
+        assert_problem(response, 422, "invalid_request")
+
+
+class TestMetrics:
+    def test_daily_and_top_lists(self, client, service_headers, make_account):
+        account = make_account("pro")
+        client.post(
+            "/v1/usage",
+            headers=service_headers,
+            json={
+                "account_id": account,
+                "feature": "chat",
+                "agent": "builder",
+                "model": "gpt-4o-mini",
+                "usage": {"input_tokens": 10, "output_tokens": 10},
+                "idempotency_key": "m",
+            },
+        )
+        body = client.get("/v1/admin/metrics?days=7", headers=service_headers).json()
+        assert body["daily"] and body["daily"][-1]["requests"] >= 1
+        assert any(row["agent"] == "builder" for row in body["top_agents"])
+        assert any(row["model"] == "gpt-4o-mini" for row in body["top_models"])
+        assert {"accounts_over_80_percent", "guest_abuse", "top_features"} <= body.keys()
