@@ -112,14 +112,15 @@ creditgate is running at {base}   (API docs: {base}/docs)
   service key   {key}
   generated     {generated or "nothing (all from the environment)"} (kept in .creditgate/dev.env)
 
-Try it:
-  curl -s -X PUT {base}/v1/accounts/demo-user -H 'Authorization: Bearer {key}' \\
-       -H 'Content-Type: application/json' -d '{{"plan": "free"}}'
-  curl -s -X POST {base}/v1/gate -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
-       -d '{{"account_id": "demo-user", "feature": "chat", "model": "gpt-4o-mini", "estimate": {{"input_tokens": 1200, "max_output_tokens": 800}}, "idempotency_key": "demo-1"}}'
-  curl -s -X POST {base}/v1/usage -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
-       -d '{{"account_id": "demo-user", "feature": "chat", "model": "gpt-4o-mini", "usage": {{"input_tokens": 1200, "output_tokens": 350}}, "idempotency_key": "demo-1"}}'
-  curl -s '{base}/v1/balance?account_id=demo-user' -H 'Authorization: Bearer {key}'
+Try it (gate a chat, then record what it used against the reservation):
+  KEY={key}
+  curl -s -X PUT {base}/v1/accounts/demo-user -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d '{{"plan": "free"}}'
+  RES=$(curl -s -X POST {base}/v1/gate -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+    -d '{{"account_id": "demo-user", "feature": "chat", "model": "gpt-4o-mini", "estimate": {{"input_tokens": 1200, "max_output_tokens": 800}}, "idempotency_key": "demo-1"}}' \\
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["reservation"]["id"])')
+  curl -s -X POST {base}/v1/usage -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+    -d '{{"reservation_id": "'$RES'", "feature": "chat", "model": "gpt-4o-mini", "usage": {{"input_tokens": 1200, "output_tokens": 350}}, "idempotency_key": "demo-1"}}'
+  curl -s '{base}/v1/balance?account_id=demo-user' -H "Authorization: Bearer $KEY"
 """,
             flush=True,
         )

@@ -97,6 +97,9 @@ def start_local_postgres(data_dir: Path, port: int | None = None, *, durable: bo
             if parent == Path("/"):
                 break
             os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    if (data_dir / "postmaster.pid").exists():
+        # A previous run was killed without stopping its server: stop it, then start anew.
+        server.stop()
     if not (data_dir / "PG_VERSION").exists():
         server._run(
             "initdb", "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"

@@ -170,3 +170,13 @@ class TestPublicReads:
             assert path in paths, path
         gate = paths["/v1/gate"]["post"]
         assert {"200", "402", "403", "429", "422"} <= gate["responses"].keys()
+
+
+class TestBalanceFunctionOpenapi:
+    def test_the_balance_function_documents_every_function(self):
+        from fastapi.testclient import TestClient
+
+        from functions.balance import app
+
+        paths = TestClient(app).get("/openapi.json").json()["paths"]
+        assert {"/v1/gate", "/v1/usage", "/v1/accounts/{account_id}", "/v1/balance"} <= paths.keys()
