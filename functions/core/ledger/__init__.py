@@ -78,6 +78,23 @@ class Ledger(ABC):
     def apply_catalog(self, document: dict) -> dict:
         return self.rpc("creditgate_apply_catalog", document)
 
+    # Money in: checkout orders and Stripe events.
+    def create_order(self, request: dict) -> dict:
+        return self.rpc("creditgate_create_order", request)
+
+    def set_stripe_customer(self, account_id: str, customer_id: str) -> str:
+        answer = self.rpc("creditgate_set_stripe_customer", {"account_id": account_id, "customer_id": customer_id})
+        return answer["stripe_customer_id"]
+
+    def attach_checkout(self, request: dict) -> dict:
+        return self.rpc("creditgate_attach_checkout", request)
+
+    def checkout_session(self, session_id: str) -> dict:
+        return self.rpc("creditgate_checkout_session", {"session_id": session_id})
+
+    def apply_stripe_event(self, event: dict) -> dict:
+        return self.rpc("creditgate_apply_stripe_event", event)
+
 
 def build_ledger(settings: Settings) -> Ledger:
     """The adapter the settings ask for. Neither imports its driver until first used."""

@@ -1,0 +1,82 @@
+"""Stripe's events: the signature checked over the raw bytes, then one RPC that stores the
+event and applies it in the same transaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from functions.core.errors import ProblemError, ServiceUnavailable
+from functions.core.ledger import Ledger
+from functions.core.payments import provider
+from functions.core.settings import Settings
+
+logger = logging.getLogger("creditgate.payments")
+TOLERANCE_SECONDS = 300
+PAID_CHECKOUT = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+DISPUTES = ("charge.dispute.created", "charge.dispute.closed")
+
+
+class InvalidSignature(ProblemError):
+    status, code, title = 400, "invalid_signature", "Invalid Stripe signature"
+
+
+class InvalidPayload(ProblemError):
+    status, code, title = 400, "invalid_payload", "Not a Stripe event"
+
+
+def verify(payload: bytes, header: str | None, secret: str) -> dict[str, Any]:
+    import stripe
+
+    try:
+        stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError as error:
+        raise InvalidSignature(str(error).split(". ")[0]) from None
+    except UnicodeDecodeError:
+        raise InvalidSignature("The body is not UTF-8") from None
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise InvalidPayload("The body is not JSON") from None
+    valid = (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("created"), int)
+        and isinstance(event.get("livemode", False), bool)
+        and isinstance(event.get("data"), dict)
+        and isinstance(event["data"].get("object"), dict)
+    )
+    if not valid:
+        raise InvalidPayload("Expected a Stripe event: id, type, created and data.object")
+    return event
+
+
+def expand(event: dict[str, Any], settings: Settings) -> None:
+    """What the event leaves out and its handling needs, fetched from Stripe: the line
+    items of a session without our metadata (a Payment Link), the charge of a dispute."""
+    if not settings.stripe_secret_key:
+        return
+    obj = event["data"]["object"]
+    metadata = obj.get("metadata") or {}
+    if event["type"] in PAID_CHECKOUT and obj.get("mode") == "payment" and not metadata.get("pack"):
+        event["expanded"] = {"line_items": provider.session_line_items(settings, obj["id"])}
+    elif event["type"] in DISPUTES and isinstance(obj.get("charge"), str):
+        event["expanded"] = {"charge": provider.retrieve_charge(settings, obj["charge"])}
+
+
+def handle_webhook(
+    payload: bytes, header: str | None, settings: Settings, ledger: Ledger, *, secret: str | None = None
+) -> dict[str, Any]:
+    secret = secret or settings.stripe_webhook_secret
+    if not secret:
+        raise ServiceUnavailable("Set STRIPE_WEBHOOK_SECRET to receive Stripe's events", code="stripe_not_configured")
+    event = verify(payload, header, secret)
+    expand(event, settings)
+    answer = ledger.apply_stripe_event(event)
+    if answer.get("outcome") == "unknown_account":
+        logger.warning("stripe event %s (%s) names no known account: stored, not applied", event["id"], event["type"])
+    elif not answer.get("duplicate"):
+        logger.info("stripe event %s (%s): %s", event["id"], event["type"], answer.get("outcome"))
+    return {"received": True, "duplicate": bool(answer.get("duplicate")), "handled": bool(answer.get("handled"))}

@@ -1,0 +1,7 @@
+"""Cloud function `webhook`: POST /v1/webhooks/stripe, Stripe's signed events."""
+
+from functions.core.app import create_app, lambda_handler
+from functions.core.payments.endpoints import webhook_router
+
+app = create_app("webhook", webhook_router)
+handler = lambda_handler(app)
