@@ -20,7 +20,7 @@ AUTHENTICATED_EXECUTABLE = ANON_EXECUTABLE | {"creditgate.my_account_ids()"}
 # regprocedure text, unique and stable: "public.creditgate_gate(jsonb)".
 ROUTINES_SQL = r"""
 SELECT p.oid, n.nspname || '.' || p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')' AS sig,
-       n.nspname, p.proname, p.prokind, p.prosecdef, p.proconfig,
+       n.nspname, p.proname, p.prokind, p.prosecdef, p.proconfig, p.prorettype::regtype::text AS returns,
        pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = 'creditgate'
