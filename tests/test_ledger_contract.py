@@ -609,3 +609,21 @@ def test_close_closes_the_session_and_a_later_call_reopens(rest_server):  # noqa
     assert ledger.health()["schema_version"]
     assert ledger.client.session is not session
     ledger.close()
+
+
+def test_build_ledger_picks_the_supabase_adapter_without_a_database_url(rest_server, ledger):  # noqa: F811
+    from functions.core.ledger import build_ledger
+    from functions.core.settings import Settings
+
+    settings = Settings(
+        environment="test",
+        database_url=None,
+        supabase_url=rest_server.url + "/",
+        supabase_service_role_key=rest_server.service_role_key,
+    )
+    built = build_ledger(settings)
+    try:
+        assert isinstance(built, SupabaseLedger)
+        assert built.health() == ledger.health()
+    finally:
+        built.close()
