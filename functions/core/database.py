@@ -22,6 +22,8 @@ COMPAT_SCRIPT = "00_supabase_compat"
 
 
 def find_pg_bin() -> Path:
+    if os.environ.get("CREDITGATE_PG_BIN_DIR"):
+        return Path(os.environ["CREDITGATE_PG_BIN_DIR"])
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).resolve().parent
