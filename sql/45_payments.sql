@@ -326,6 +326,13 @@ BEGIN
            updated_at = now()
      WHERE id = v_order.id AND status IN ('pending', 'expired', 'failed');
     IF v_obj ->> 'subscription' IS NOT NULL THEN
+      IF jsonb_typeof(p_event #> '{expanded,subscription}') = 'object' THEN
+        -- The subscription as fetched at delivery: applied like its own event, under
+        -- this event's time, so a newer subscription event still wins.
+        RETURN creditgate.stripe_subscription_changed(jsonb_build_object(
+          'id', p_event ->> 'id', 'type', 'customer.subscription.updated', 'created', p_event -> 'created',
+          'data', jsonb_build_object('object', p_event #> '{expanded,subscription}')));
+      END IF;
       -- The subscription's own events carry its plan and period.
       RETURN jsonb_build_object('handled', true, 'outcome', 'subscription_started', 'account_id', v_account_id);
     END IF;

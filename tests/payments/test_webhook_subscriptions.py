@@ -259,3 +259,25 @@ def test_a_subscription_for_an_unknown_customer_is_stored(stripe_http, fake, sql
         assert response.status_code == 200 and response.json()["handled"] is False
     outcomes = sql("SELECT outcome FROM creditgate.stripe_events WHERE id = ANY(%s)", [e["id"] for e in events])
     assert {o for (o,) in outcomes} == {"unknown_account"}
+
+
+def test_the_checkout_event_alone_puts_the_account_on_its_plan(
+    stripe_http, fake, make_account, service_headers, ledger, sql
+):
+    """An endpoint subscribed only to checkout.session.completed still works: the
+    subscription is fetched from Stripe when the event is applied."""
+    account = make_account()
+    sub_id, events = subscribe(stripe_http, fake, service_headers, account, plan="business")
+    deliver_all(stripe_http, fake, [events[0]])
+    item = fake.get(sub_id)["items"]["data"][0]
+    assert account_row(sql, account) == (
+        "business",
+        "stripe",
+        sub_id,
+        at(item["current_period_start"]),
+        at(item["current_period_end"]),
+    )
+    assert credits(ledger, account) == (welcome(sql) + BUSINESS, 0)
+    deliver_all(stripe_http, fake, events[1:])
+    assert credits(ledger, account) == (welcome(sql) + BUSINESS, 0)
+    assert_reconciled(ledger, account)

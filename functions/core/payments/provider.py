@@ -105,3 +105,8 @@ def session_line_items(settings: Settings, session_id: str) -> dict[str, Any]:
 def retrieve_charge(settings: Settings, charge_id: str) -> dict[str, Any]:
     with provider_call("retrieve the charge"):
         return stripe_client(settings).v1.charges.retrieve(charge_id).to_dict(for_json=True)
+
+
+def retrieve_subscription(settings: Settings, subscription_id: str) -> dict[str, Any]:
+    with provider_call("retrieve the subscription"):
+        return stripe_client(settings).v1.subscriptions.retrieve(subscription_id).to_dict(for_json=True)

@@ -55,13 +55,17 @@ def verify(payload: bytes, header: str | None, secret: str) -> dict[str, Any]:
 
 def expand(event: dict[str, Any], settings: Settings) -> None:
     """What the event leaves out and its handling needs, fetched from Stripe: the line
-    items of a session without our metadata (a Payment Link), the charge of a dispute."""
+    items of a session without our metadata (a Payment Link), the subscription a
+    checkout started (so that event alone puts the account on its plan), the charge of
+    a dispute."""
     if not settings.stripe_secret_key:
         return
     obj = event["data"]["object"]
     metadata = obj.get("metadata") or {}
     if event["type"] in PAID_CHECKOUT and obj.get("mode") == "payment" and not metadata.get("pack"):
         event["expanded"] = {"line_items": provider.session_line_items(settings, obj["id"])}
+    elif event["type"] in PAID_CHECKOUT and isinstance(obj.get("subscription"), str):
+        event["expanded"] = {"subscription": provider.retrieve_subscription(settings, obj["subscription"])}
     elif event["type"] in DISPUTES and isinstance(obj.get("charge"), str):
         event["expanded"] = {"charge": provider.retrieve_charge(settings, obj["charge"])}
 
