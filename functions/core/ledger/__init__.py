@@ -95,6 +95,9 @@ class Ledger(ABC):
     def apply_stripe_event(self, event: dict) -> dict:
         return self.rpc("creditgate_apply_stripe_event", event)
 
+    def run_maintenance(self, request: dict | None = None) -> dict:
+        return self.rpc("creditgate_run_maintenance", request or {})
+
 
 def build_ledger(settings: Settings) -> Ledger:
     """The adapter the settings ask for. Neither imports its driver until first used."""
