@@ -1,7 +1,8 @@
 """One Settings object for every function, read from the environment once per cold start.
 
 The ecosystem's own variable names where they exist (DATABASE_URL, SUPABASE_*, STRIPE_*,
-CRON_SECRET); CREDITGATE_ for the rest.
+CRON_SECRET); CREDITGATE_ for the rest. Any of them may instead name where its value
+lives in AWS: <NAME>_SECRET_ARN (Secrets Manager) or <NAME>_PARAM (SSM Parameter Store).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from functools import lru_cache
 from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 def _alias(name: str) -> AliasChoices:
@@ -46,6 +47,21 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(10, ge=1, le=200)
     # Transaction-mode poolers (Supavisor :6543, PgBouncer) cannot keep prepared statements.
     db_prepared_statements: bool | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # <NAME>_SECRET_ARN / <NAME>_PARAM win over a plain <NAME>: a reference is set on
+        # purpose, a plain value may be a leftover default.
+        from functions.core.aws_settings import AwsReferenceSource
+
+        return init_settings, AwsReferenceSource(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
     @model_validator(mode="after")
     def _refuse_weak_secrets_outside_development(self) -> Settings:
