@@ -61,6 +61,19 @@ def cmd_grant(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supabase_export(args: argparse.Namespace) -> int:
+    from functions.core.supabase_export import MIGRATIONS_DIR, differences, export
+
+    if args.check:
+        changes = differences()
+        print("\n".join(changes) or "supabase/migrations is in sync with sql/")
+        return 1 if changes else 0
+    changes = export()
+    print("\n".join(changes) or "nothing to do")
+    print(f"supabase migrations: {MIGRATIONS_DIR}")
+    return 0
+
+
 def _dev_secrets() -> dict[str, str]:
     """Secrets for local runs: the environment wins, else the ones generated last time."""
     path = STATE_DIR / "dev.env"
@@ -150,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     grant.add_argument("--source", choices=["promo", "adjustment"], default="adjustment")
     grant.add_argument("--idempotency-key")
     grant.set_defaults(run=cmd_grant)
+    supa = sub.add_parser("supabase-export", help="regenerate supabase/migrations from sql/")
+    supa.add_argument("--check", action="store_true", help="only report differences (exit 1 if any)")
+    supa.set_defaults(run=cmd_supabase_export)
     dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and all functions")
     dev.add_argument("--catalog")
     dev.set_defaults(run=cmd_dev)
