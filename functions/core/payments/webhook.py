@@ -16,6 +16,8 @@ logger = logging.getLogger("creditgate.payments")
 TOLERANCE_SECONDS = 300
 PAID_CHECKOUT = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 DISPUTES = ("charge.dispute.created", "charge.dispute.closed")
+# Outcomes where money may have moved and no account was credited or changed.
+NEEDS_AN_OPERATOR = frozenset({"unknown_account", "unknown_pack", "unknown_plan", "unknown_price"})
 
 
 class InvalidSignature(ProblemError):
@@ -79,8 +81,14 @@ def handle_webhook(
     event = verify(payload, header, secret)
     expand(event, settings)
     answer = ledger.apply_stripe_event(event)
-    if answer.get("outcome") == "unknown_account":
-        logger.warning("stripe event %s (%s) names no known account: stored, not applied", event["id"], event["type"])
+    if answer.get("outcome") in NEEDS_AN_OPERATOR:
+        logger.warning(
+            "stripe event %s (%s) stored but not applied: %s (account %s)",
+            event["id"],
+            event["type"],
+            answer["outcome"],
+            answer.get("account_id"),
+        )
     elif not answer.get("duplicate"):
         logger.info("stripe event %s (%s): %s", event["id"], event["type"], answer.get("outcome"))
     return {"received": True, "duplicate": bool(answer.get("duplicate")), "handled": bool(answer.get("handled"))}
