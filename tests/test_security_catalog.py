@@ -293,12 +293,6 @@ def test_my_account_ids_answers_from_the_jwt_only(conn, make_account):
         conn.rollback()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="secure() revokes only prokind 'f' and enables RLS only on relkind 'r': a procedure stays "
-    "executable by PUBLIC and a partitioned table gets no RLS (fix: REVOKE ... ON ROUTINE for every "
-    "prokind, and relkind IN ('r', 'p'))",
-)
 def test_secure_also_covers_procedures_and_partitioned_tables(conn):
     conn.execute("""
         CREATE PROCEDURE creditgate.zz_proc() LANGUAGE sql SET search_path = '' AS $$ SELECT $$;

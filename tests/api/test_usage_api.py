@@ -280,3 +280,22 @@ class TestPostUsageBatch:
         assert_problem(
             client.post("/v1/usage/batch", json={"events": events}, headers=service_headers), 422, "invalid_request"
         )
+
+
+class TestBatchRpcDataErrors:
+    def test_a_value_the_database_cannot_hold_fails_only_its_event(self, ledger, make_account):
+        account = make_account("pro")
+        results = ledger.record_usage_batch(
+            [
+                {"account_id": account, "feature": "screenshot", "quantity": 1, "idempotency_key": "ok-1"},
+                {
+                    "account_id": account,
+                    "feature": "chat",
+                    "model": "gpt-4o",
+                    "idempotency_key": "huge",
+                    "usage": {"input_tokens": 10**20, "output_tokens": 1},
+                },
+            ]
+        )
+        assert "usage_id" in results[0]
+        assert results[1]["error"]["status"] == 422 and results[1]["error"]["code"] == "invalid_request"
