@@ -168,11 +168,17 @@ BEGIN
       v_result := creditgate.record_usage(e.event);
     EXCEPTION WHEN OTHERS THEN
       GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
-      IF v_state NOT LIKE 'PT%' THEN
+      -- A refusal (PTxxx) or a value the database cannot hold (class 22) is that event's
+      -- problem alone; anything else is a bug and fails the batch loudly.
+      IF v_state LIKE 'PT%' THEN
+        v_result := jsonb_build_object('error', jsonb_build_object('status', substr(v_state, 3)::integer,
+          'code', v_message, 'detail', coalesce(nullif(v_detail, '')::jsonb, '{}')));
+      ELSIF v_state LIKE '22%' THEN
+        v_result := jsonb_build_object('error', jsonb_build_object('status', 422, 'code', 'invalid_request',
+          'detail', jsonb_build_object('detail', v_message)));
+      ELSE
         RAISE;
       END IF;
-      v_result := jsonb_build_object('error', jsonb_build_object(
-        'status', substr(v_state, 3)::integer, 'code', v_message, 'detail', coalesce(nullif(v_detail, '')::jsonb, '{}')));
     END;
     v_results[e.n] := v_result;
   END LOOP;

@@ -16,10 +16,10 @@ BEGIN
     SELECT p.oid::regprocedure AS sig, p.proname
     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
     WHERE (n.nspname = 'creditgate' OR (n.nspname = 'public' AND p.proname LIKE 'creditgate\_%'))
-      AND p.prokind = 'f'
+      AND p.prokind IN ('f', 'p')
   LOOP
-    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, anon, authenticated', f.sig);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', f.sig);
+    EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC, anon, authenticated', f.sig);
+    EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO service_role', f.sig);
   END LOOP;
   -- The offer and the price list are public: a pricing page may read them with the anon key.
   GRANT EXECUTE ON FUNCTION public.creditgate_catalog() TO anon, authenticated;
@@ -31,7 +31,7 @@ BEGIN
 
   FOR t IN
     SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = 'creditgate' AND c.relkind = 'r'
+    WHERE n.nspname = 'creditgate' AND c.relkind IN ('r', 'p')
   LOOP
     EXECUTE format('ALTER TABLE creditgate.%I ENABLE ROW LEVEL SECURITY', t.relname);
     EXECUTE format('ALTER TABLE creditgate.%I FORCE ROW LEVEL SECURITY', t.relname);
@@ -97,8 +97,10 @@ CREATE VIEW public.creditgate_my_usage WITH (security_invoker = true) AS
 CREATE VIEW public.creditgate_my_orders WITH (security_invoker = true) AS
   SELECT id, account_id, kind, item_id, status, amount_minor, currency, credits, created_at
   FROM creditgate.orders;
+-- Supabase's default privileges give anon and authenticated everything on new objects in
+-- public: take it all back, then give readers exactly SELECT.
 REVOKE ALL ON public.creditgate_my_balances, public.creditgate_my_transactions,
-  public.creditgate_my_usage, public.creditgate_my_orders FROM PUBLIC, anon;
+  public.creditgate_my_usage, public.creditgate_my_orders FROM PUBLIC, anon, authenticated;
 GRANT SELECT ON public.creditgate_my_balances, public.creditgate_my_transactions,
   public.creditgate_my_usage, public.creditgate_my_orders TO authenticated, service_role;
 
