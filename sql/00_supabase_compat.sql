@@ -52,7 +52,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The auth.users table exists on Supabase; a minimal one here lets the signup trigger
--- (sql/60_signup_trigger.sql) be installed and tested the same way.
+-- (sql/95_signup_trigger.sql) be installed and tested the same way.
 CREATE TABLE IF NOT EXISTS auth.users (
   id uuid PRIMARY KEY,
   email text,

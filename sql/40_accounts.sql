@@ -28,10 +28,12 @@ END
 $$;
 
 CREATE FUNCTION creditgate.remember_response(p_account_id text, p_scope text, p_key text, p_response jsonb)
-RETURNS jsonb LANGUAGE sql SET search_path = '' AS $$
+RETURNS jsonb LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
   UPDATE creditgate.idempotency_keys SET response = p_response
    WHERE account_id = p_account_id AND scope = p_scope AND key = p_key;
-  SELECT p_response;
+  RETURN p_response;
+END
 $$;
 
 -- Creates the account if it does not exist; concurrent calls meet on the primary key, so

@@ -263,10 +263,7 @@ def test_models(catalog):
             write, base = Decimal(model["cache_write_per_mtok"]), Decimal(model["input_per_mtok"])
             # 1.25 x input is Anthropic's 5-minute cache write; a row that departs from
             # it must say where its figure comes from.
-            assert (
-                write == base * Decimal("1.25")
-                or "cache_creation_input_token_cost" in model["source"]
-            ), where
+            assert write == base * Decimal("1.25") or "cache_creation_input_token_cost" in model["source"], where
         long_prices = [k for k in model if k.startswith("long_context_") and k in PRICE_KEYS]
         if long_prices or "long_context_threshold" in model:
             assert type(model["long_context_threshold"]) is int, where

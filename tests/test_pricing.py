@@ -82,9 +82,7 @@ def test_unreported_thinking_visible_in_total_is_billed():
     # Gemini's OpenAI-compatible endpoint leaves thinking out of completion_tokens and
     # reports it nowhere but total_tokens.
     raw = {"completion_tokens": 102, "prompt_tokens": 758, "total_tokens": 1725}
-    assert normalize_usage("openai", raw) == TokenUsage(
-        input_tokens=758, output_tokens=967, reasoning_tokens=865
-    )
+    assert normalize_usage("openai", raw) == TokenUsage(input_tokens=758, output_tokens=967, reasoning_tokens=865)
 
 
 def test_total_below_parts_is_ignored():
@@ -100,9 +98,7 @@ def test_deepseek_cache_hit_tokens_are_cached_input():
         "prompt_cache_hit_tokens": 640,
         "prompt_cache_miss_tokens": 360,
     }
-    assert normalize_usage("openai", raw) == TokenUsage(
-        input_tokens=1000, cached_input_tokens=640, output_tokens=20
-    )
+    assert normalize_usage("openai", raw) == TokenUsage(input_tokens=1000, cached_input_tokens=640, output_tokens=20)
 
 
 def test_openai_responses_usage():
@@ -164,9 +160,7 @@ def test_anthropic_cache_creation_breakdown_is_not_counted_twice():
         "cache_creation_input_tokens": 300,
         "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100},
     }
-    assert normalize_usage("anthropic", raw) == TokenUsage(
-        input_tokens=310, cache_write_tokens=300, output_tokens=5
-    )
+    assert normalize_usage("anthropic", raw) == TokenUsage(input_tokens=310, cache_write_tokens=300, output_tokens=5)
 
 
 def test_anthropic_breakdown_alone_gives_cache_writes():
@@ -231,9 +225,7 @@ def test_gemini_python_sdk_snake_case():
     )
 
 
-@pytest.mark.parametrize(
-    "raw", [{}, {"usageMetadata": None}, {"prompt_tokens": 10, "completion_tokens": 2}]
-)
+@pytest.mark.parametrize("raw", [{}, {"usageMetadata": None}, {"prompt_tokens": 10, "completion_tokens": 2}])
 def test_gemini_object_without_any_count_is_refused(raw):
     with pytest.raises(UsageFormatError, match="no Gemini token counts"):
         normalize_usage("gemini", raw)
@@ -302,9 +294,7 @@ def test_bad_counts_are_refused_naming_the_field(usage_format, base, path, bad):
 @pytest.mark.parametrize("bad", [-1, 1.5, 12.0, True, "12", math.nan, 3 * MAX_TOKENS + 1], ids=repr)
 def test_bad_total_tokens_is_refused(usage_format, bad):
     first, second = (
-        ("prompt_tokens", "completion_tokens")
-        if usage_format == "openai"
-        else ("input_tokens", "output_tokens")
+        ("prompt_tokens", "completion_tokens") if usage_format == "openai" else ("input_tokens", "output_tokens")
     )
     with pytest.raises(UsageFormatError, match="total_tokens"):
         normalize_usage(usage_format, {first: 1, second: 1, "total_tokens": bad})
@@ -493,9 +483,7 @@ def test_module_imports_without_heavy_dependencies():
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )
     repo_root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     assert out.stdout.strip() == "[]"
 
 
@@ -616,9 +604,7 @@ def test_gemini_round_trip(data, usage):
     draw = data.draw
     # Tool-use prompt tokens are input reported beside promptTokenCount; the cached
     # content must stay inside promptTokenCount.
-    tool_prompt = draw(
-        st.integers(min_value=0, max_value=usage.input_tokens - usage.cached_input_tokens)
-    )
+    tool_prompt = draw(st.integers(min_value=0, max_value=usage.input_tokens - usage.cached_input_tokens))
     counts_ = {
         "promptTokenCount": usage.input_tokens - tool_prompt,
         "cachedContentTokenCount": usage.cached_input_tokens,

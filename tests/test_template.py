@@ -54,6 +54,11 @@ API_ROUTES: dict[tuple[str, str], str] = {
 DOC_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/openapi.json"): "balance",
     ("GET", "/docs"): "balance",
+    # Checkout's own return pages and the offline (simulated) payment page.
+    ("GET", "/v1/checkout/complete"): "checkout",
+    ("GET", "/v1/checkout/canceled"): "checkout",
+    ("GET", "/v1/simulated-checkout/{session_id}"): "checkout",
+    ("POST", "/v1/simulated-checkout/{session_id}"): "checkout",
 }
 
 # Which secrets each function may read (least privilege). Every one of them reaches the

@@ -129,5 +129,7 @@ def lambda_handler(app: FastAPI):
     """Mangum for API Gateway / function-URL events. Lifespan is off: clients are built
     at import, which is Lambda's init phase."""
     from mangum import Mangum
+    from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
-    return Mangum(app, lifespan="off")
+    # problem+json is text: keep it readable in API Gateway logs instead of base64.
+    return Mangum(app, lifespan="off", text_mime_types=[*DEFAULT_TEXT_MIME_TYPES, "application/problem+json"])

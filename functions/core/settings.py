@@ -92,12 +92,6 @@ class Settings(BaseSettings):
         return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
 
     @property
-    def payments_mode(self) -> str:
-        if self.payments:
-            return self.payments
-        return "stripe" if self.stripe_secret_key else "simulated"
-
-    @property
     def resolved_jwks_url(self) -> str | None:
         if self.jwks_url:
             return self.jwks_url

@@ -178,9 +178,11 @@ $$;
 -- Pico-USD to micro-credits at the configured rate and markup, rounded up: a call is
 -- never charged less than it cost.
 CREATE FUNCTION creditgate.usd_to_credits(p_pico_usd bigint)
-RETURNS bigint LANGUAGE sql STABLE SET search_path = '' AS $$
-  SELECT ceil(p_pico_usd::numeric * s.credits_per_usd * s.markup_bps / 10000000000)::bigint
-  FROM creditgate.settings s;
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+BEGIN
+  RETURN (SELECT ceil(p_pico_usd::numeric * s.credits_per_usd * s.markup_bps / 10000000000)::bigint
+          FROM creditgate.settings s);
+END
 $$;
 
 -- The cheapest active plans that include a feature or agent: what a denial suggests.

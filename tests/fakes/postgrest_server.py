@@ -60,13 +60,13 @@ _SINGULAR_MEDIA = "application/vnd.pgrst.object"
 _RESERVED_KEYS = {"select", "order", "limit", "offset", "columns", "on_conflict"}
 _LOGIC_KEYS = {"or", "and", "not.or", "not.and"}
 _COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
-_IS_VALUES = {"null": "NULL", "not_null": "NOT NULL", "true": "TRUE", "false": "FALSE",
-              "unknown": "UNKNOWN"}
+_IS_VALUES = {"null": "NULL", "not_null": "NOT NULL", "true": "TRUE", "false": "FALSE", "unknown": "UNKNOWN"}
 # Legacy per-claim settings need a valid custom GUC name; PostgREST < 10 set them all.
 _GUC_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # --------------------------------------------------------------------------- JWT helper
+
 
 def make_jwt(
     secret: str,
@@ -91,19 +91,21 @@ def make_jwt(
     if sub is None:
         payload.update({"iss": "supabase", "ref": SUPABASE_PROJECT_REF})
     else:
-        payload.update({
-            "iss": _USER_ISSUER,
-            "aud": "authenticated",
-            "sub": str(sub),
-            "email": "",
-            "phone": "",
-            "app_metadata": {"provider": "email", "providers": ["email"]},
-            "user_metadata": {},
-            "aal": "aal1",
-            "amr": [{"method": "password", "timestamp": now}],
-            "session_id": str(uuid.uuid4()),
-            "is_anonymous": False,
-        })
+        payload.update(
+            {
+                "iss": _USER_ISSUER,
+                "aud": "authenticated",
+                "sub": str(sub),
+                "email": "",
+                "phone": "",
+                "app_metadata": {"provider": "email", "providers": ["email"]},
+                "user_metadata": {},
+                "aal": "aal1",
+                "amr": [{"method": "password", "timestamp": now}],
+                "session_id": str(uuid.uuid4()),
+                "is_anonymous": False,
+            }
+        )
     if role is not None:
         payload["role"] = role
     if exp_in is not None:
@@ -118,11 +120,19 @@ def make_jwt(
 
 # ------------------------------------------------------------------------------- errors
 
+
 class PostgRESTError(Exception):
     """An error response, in PostgREST's JSON shape."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None,
-                 hint: Any = None, headers: Sequence[tuple[str, str]] = ()):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        hint: Any = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ):
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
@@ -132,8 +142,7 @@ class PostgRESTError(Exception):
         self.headers = list(headers)
 
     def body(self) -> dict[str, Any]:
-        return {"code": self.code, "details": self.details, "hint": self.hint,
-                "message": self.message}
+        return {"code": self.code, "details": self.details, "hint": self.hint, "message": self.message}
 
 
 def pg_error_status(sqlstate: str, message: str, authed: bool) -> int:
@@ -201,8 +210,7 @@ def _error_from_pg(exc: psycopg.Error, authed: bool) -> PostgRESTError:
     detail, hint = diag.message_detail, diag.message_hint
     if not sqlstate:
         # No server error behind it: the connection itself failed.
-        return PostgRESTError(503, "PGRST001", "Database client error. Retrying the connection.",
-                              str(exc))
+        return PostgRESTError(503, "PGRST001", "Database client error. Retrying the connection.", str(exc))
     if sqlstate == "PGRST":
         return _raise_pgrst(message, detail)
     status = pg_error_status(sqlstate, message, authed)
@@ -217,10 +225,14 @@ def _raise_pgrst(message: str, detail: str | None) -> PostgRESTError:
         if not isinstance(msg, dict) or "code" not in msg or "message" not in msg:
             raise ValueError
     except ValueError:
-        return PostgRESTError(500, "PGRST121", 'Could not parse JSON in the "RAISE SQLSTATE \'PGRST\'" error',
-                              f"Invalid JSON value for MESSAGE: '{message}'",
-                              "MESSAGE must be a JSON object with obligatory keys: 'code', 'message' "
-                              "and optional keys: 'details', 'hint'.")
+        return PostgRESTError(
+            500,
+            "PGRST121",
+            "Could not parse JSON in the \"RAISE SQLSTATE 'PGRST'\" error",
+            f"Invalid JSON value for MESSAGE: '{message}'",
+            "MESSAGE must be a JSON object with obligatory keys: 'code', 'message' "
+            "and optional keys: 'details', 'hint'.",
+        )
     try:
         if detail is None:
             raise KeyError
@@ -228,13 +240,19 @@ def _raise_pgrst(message: str, detail: str | None) -> PostgRESTError:
         status = int(det["status"])
         headers = [(str(k), str(v)) for k, v in dict(det["headers"]).items()]
     except (ValueError, KeyError, TypeError):
-        text = ("DETAIL is missing in the RAISE statement" if detail is None
-                else f"Invalid JSON value for DETAIL: '{detail}'")
-        return PostgRESTError(500, "PGRST121", 'Could not parse JSON in the "RAISE SQLSTATE \'PGRST\'" error',
-                              text, "DETAIL must be a JSON object with obligatory keys: 'status', "
-                              "'headers' and optional key: 'status_text'.")
-    return PostgRESTError(status, str(msg["code"]), str(msg["message"]), msg.get("details"),
-                          msg.get("hint"), headers)
+        text = (
+            "DETAIL is missing in the RAISE statement"
+            if detail is None
+            else f"Invalid JSON value for DETAIL: '{detail}'"
+        )
+        return PostgRESTError(
+            500,
+            "PGRST121",
+            "Could not parse JSON in the \"RAISE SQLSTATE 'PGRST'\" error",
+            text,
+            "DETAIL must be a JSON object with obligatory keys: 'status', 'headers' and optional key: 'status_text'.",
+        )
+    return PostgRESTError(status, str(msg["code"]), str(msg["message"]), msg.get("details"), msg.get("hint"), headers)
 
 
 def _parse_error(message: str, details: str) -> PostgRESTError:
@@ -242,11 +260,16 @@ def _parse_error(message: str, details: str) -> PostgRESTError:
 
 
 def _not_implemented(what: str) -> PostgRESTError:
-    return PostgRESTError(400, "PGRST127", "Feature not implemented",
-                          f"{what} is not implemented by the test server (tests/fakes/postgrest_server.py)")
+    return PostgRESTError(
+        400,
+        "PGRST127",
+        "Feature not implemented",
+        f"{what} is not implemented by the test server (tests/fakes/postgrest_server.py)",
+    )
 
 
 # ------------------------------------------------------------------------------ request
+
 
 @dataclass
 class _Request:
@@ -303,6 +326,7 @@ class _Read:
 
 # ------------------------------------------------------------------------------- server
 
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -325,8 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in self.headers.items():
             k = key.lower()
             headers[k] = f"{headers[k]}, {value}" if k in headers else value
-        req = _Request(self.command, unquote(parts.path),
-                       parse_qsl(parts.query, keep_blank_values=True), headers, body)
+        req = _Request(self.command, unquote(parts.path), parse_qsl(parts.query, keep_blank_values=True), headers, body)
         status, out_headers, payload = self.server.app.handle(req)
         self.send_response(status)
         for key, value in out_headers:
@@ -410,9 +433,15 @@ class FakePostgREST:
             return self
         # Statements here are all one-off dynamic SQL; server-side prepares would only
         # pile up, and Supabase's pooler in transaction mode forbids them anyway.
-        pool = ConnectionPool(self.dsn, min_size=1, max_size=self.pool_size,
-                              kwargs={"prepare_threshold": None}, open=False,
-                              timeout=self.pool_timeout, name="fake-postgrest")
+        pool = ConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"prepare_threshold": None},
+            open=False,
+            timeout=self.pool_timeout,
+            name="fake-postgrest",
+        )
         pool.open(wait=True, timeout=self.pool_timeout)
         try:
             httpd = _Server((self.host, self.port), _Handler)
@@ -422,8 +451,9 @@ class FakePostgREST:
         httpd.app = self
         self._pool, self._httpd = pool, httpd
         self.port = httpd.server_address[1]
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"fake-postgrest:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name=f"fake-postgrest:{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -473,13 +503,16 @@ class FakePostgREST:
         except PostgRESTError as err:
             return self._error_response(err)
         except Exception as exc:  # a bug in the fake must surface as a 500, not a hang
-            return self._error_response(PostgRESTError(
-                500, "PGRSTX00", f"test server error: {type(exc).__name__}: {exc}"))
+            return self._error_response(
+                PostgRESTError(500, "PGRSTX00", f"test server error: {type(exc).__name__}: {exc}")
+            )
 
     @staticmethod
     def _error_response(err: PostgRESTError) -> tuple[int, list[tuple[str, str]], bytes]:
-        headers = [("Content-Type", "application/json; charset=utf-8"),
-                   ("Proxy-Status", f"PostgREST; error={err.code}")]
+        headers = [
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("Proxy-Status", f"PostgREST; error={err.code}"),
+        ]
         headers += err.headers
         return err.status, headers, json.dumps(err.body()).encode()
 
@@ -487,9 +520,9 @@ class FakePostgREST:
         if not req.path.startswith(_REST_PREFIX):
             raise PostgRESTError(404, "PGRST125", "Invalid path specified in request URL")
         auth = self._authenticate(req)
-        rest = req.path[len(_REST_PREFIX):]
+        rest = req.path[len(_REST_PREFIX) :]
         if rest.startswith("rpc/"):
-            name = rest[len("rpc/"):]
+            name = rest[len("rpc/") :]
             if not name or "/" in name:
                 raise PostgRESTError(404, "PGRST125", "Invalid path specified in request URL")
             if req.method not in ("GET", "HEAD", "POST"):
@@ -519,24 +552,31 @@ class FakePostgREST:
             # Supabase's gateway: no project key, no request; it only checks the key is
             # one of the project's, then PostgREST goes by the Authorization header.
             if apikey is None:
-                raise PostgRESTError(401, "PGRST302", "No API key found in request",
-                                     None, "No `apikey` request header or url param was found.",
-                                     [("WWW-Authenticate", "Bearer")])
+                raise PostgRESTError(
+                    401,
+                    "PGRST302",
+                    "No API key found in request",
+                    None,
+                    "No `apikey` request header or url param was found.",
+                    [("WWW-Authenticate", "Bearer")],
+                )
             self._decode(apikey)
         if token is None and apikey is not None:
             # Without Authorization, the gateway forwards the apikey as the bearer token.
             token = apikey
         if token is None:
             if self.anon_role is None:
-                raise PostgRESTError(401, "PGRST302", "Anonymous access is disabled",
-                                     headers=[("WWW-Authenticate", "Bearer")])
+                raise PostgRESTError(
+                    401, "PGRST302", "Anonymous access is disabled", headers=[("WWW-Authenticate", "Bearer")]
+                )
             return _Auth(self.anon_role, {"role": self.anon_role}, False)
         claims = self._decode(token)
         role = claims.get("role")
         if not isinstance(role, str) or not role:
             if self.anon_role is None:
-                raise PostgRESTError(401, "PGRST302", "Anonymous access is disabled",
-                                     headers=[("WWW-Authenticate", "Bearer")])
+                raise PostgRESTError(
+                    401, "PGRST302", "Anonymous access is disabled", headers=[("WWW-Authenticate", "Bearer")]
+                )
             role = self.anon_role
         # PostgREST puts the effective role into the claims it hands to SQL.
         claims = {**claims, "role": role}
@@ -548,7 +588,9 @@ class FakePostgREST:
             raise self._jwt_error("PGRST301", f"Expected 3 parts in JWT; got {len(parts)}")
         try:
             claims = jwt.decode(
-                token, self.jwt_secret, algorithms=["HS256", "HS384", "HS512"],
+                token,
+                self.jwt_secret,
+                algorithms=["HS256", "HS384", "HS512"],
                 leeway=self.jwt_leeway,
                 # PostgREST checks aud only when jwt-aud is configured; Supabase leaves it unset.
                 options={"verify_aud": False, "require": []},
@@ -571,9 +613,12 @@ class FakePostgREST:
 
     @staticmethod
     def _jwt_error(code: str, message: str) -> PostgRESTError:
-        return PostgRESTError(401, code, message, headers=[(
-            "WWW-Authenticate",
-            f'Bearer error="invalid_token", error_description={json.dumps(message)}')])
+        return PostgRESTError(
+            401,
+            code,
+            message,
+            headers=[("WWW-Authenticate", f'Bearer error="invalid_token", error_description={json.dumps(message)}')],
+        )
 
     # -- schema / transaction plumbing ---------------------------------------------------
 
@@ -581,8 +626,13 @@ class FakePostgREST:
         key = "accept-profile" if req.method in ("GET", "HEAD") else "content-profile"
         schema = req.headers.get(key) or self.schemas[0]
         if schema not in self.schemas:
-            raise PostgRESTError(406, "PGRST106", f"Invalid schema: {schema}", None,
-                                 "Only the following schemas are exposed: " + ", ".join(self.schemas))
+            raise PostgRESTError(
+                406,
+                "PGRST106",
+                f"Invalid schema: {schema}",
+                None,
+                "Only the following schemas are exposed: " + ", ".join(self.schemas),
+            )
         return schema
 
     def _transaction(self, auth: _Auth, work: Callable[[psycopg.Cursor], Any]) -> Any:
@@ -593,20 +643,17 @@ class FakePostgREST:
                     with conn.cursor() as cur:
                         return work(cur)
         except PoolTimeout:
-            raise PostgRESTError(504, "PGRST003",
-                                 "Timed out acquiring connection from connection pool.") from None
+            raise PostgRESTError(504, "PGRST003", "Timed out acquiring connection from connection pool.") from None
         except psycopg.Error as exc:
             raise _error_from_pg(exc, auth.authed) from None
 
-    def _impersonate(self, cur: psycopg.Cursor, req: _Request, auth: _Auth, schema: str,
-                     read_only: bool) -> None:
+    def _impersonate(self, cur: psycopg.Cursor, req: _Request, auth: _Auth, schema: str, read_only: bool) -> None:
         """Become the request, as PostgREST's per-request ``set_config`` batch does."""
         if read_only:
             # Going read-only is allowed mid-transaction (only the way back is not), so
             # the catalog lookup before it does not matter.
             cur.execute("SET TRANSACTION READ ONLY")
-        search_path = ", ".join(
-            sql.Identifier(s).as_string(cur) for s in (schema, *self.extra_search_path))
+        search_path = ", ".join(sql.Identifier(s).as_string(cur) for s in (schema, *self.extra_search_path))
         cookies: dict[str, str] = {}
         if "cookie" in req.headers:
             try:
@@ -620,7 +667,7 @@ class FakePostgREST:
             ("role", auth.role),
             ("request.jwt.claims", json.dumps(auth.claims)),
             ("request.method", req.method),
-            ("request.path", req.path[len(_REST_PREFIX) - 1:]),
+            ("request.path", req.path[len(_REST_PREFIX) - 1 :]),
             ("request.headers", json.dumps(req.headers)),
             ("request.cookies", json.dumps(cookies)),
         ]
@@ -630,9 +677,12 @@ class FakePostgREST:
             if _GUC_SAFE.match(key):
                 text = value if isinstance(value, str) else json.dumps(value)
                 settings.append((f"request.jwt.claim.{key}", text))
-        query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-            sql.SQL("pg_catalog.set_config({}, {}, true)").format(sql.Literal(k), sql.Placeholder())
-            for k, _ in settings))
+        query = sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("pg_catalog.set_config({}, {}, true)").format(sql.Literal(k), sql.Placeholder())
+                for k, _ in settings
+            )
+        )
         cur.execute(query, [v for _, v in settings])
 
     # -- query-string parsing --------------------------------------------------------------
@@ -671,16 +721,17 @@ class FakePostgREST:
         try:
             n = int(value)
         except ValueError:
-            raise _parse_error(f'"failed to parse {key} parameter ({value})"',
-                               f'unexpected "{value}" expecting digit') from None
+            raise _parse_error(
+                f'"failed to parse {key} parameter ({value})"', f'unexpected "{value}" expecting digit'
+            ) from None
         if n < 0:
-            raise PostgRESTError(416, "PGRST103", "Requested range not satisfiable",
-                                 "Limit should be greater than or equal to zero.")
+            raise PostgRESTError(
+                416, "PGRST103", "Requested range not satisfiable", "Limit should be greater than or equal to zero."
+            )
         return n
 
     @staticmethod
-    def _parse_select(value: str, ident: Callable[[str], sql.Identifier],
-                      star: sql.Composable) -> sql.Composable:
+    def _parse_select(value: str, ident: Callable[[str], sql.Identifier], star: sql.Composable) -> sql.Composable:
         out: list[sql.Composable] = []
         for item in (s.strip() for s in _split_top(value, ",")):
             if item == "*":
@@ -709,17 +760,19 @@ class FakePostgREST:
                 elif mod in ("nullsfirst", "nullslast") and not any("NULLS" in w for w in words):
                     words.append("NULLS FIRST" if mod == "nullsfirst" else "NULLS LAST")
                 else:
-                    raise _parse_error(f'"failed to parse order ({value})"',
-                                       f'unexpected "{mod}" expecting "asc", "desc", '
-                                       '"nullsfirst" or "nullslast"')
+                    raise _parse_error(
+                        f'"failed to parse order ({value})"',
+                        f'unexpected "{mod}" expecting "asc", "desc", "nullsfirst" or "nullslast"',
+                    )
             if not column:
                 raise _parse_error(f'"failed to parse order ({value})"', "empty column name")
             terms.append(sql.SQL(" ").join([ident(_unquote(column)), *map(sql.SQL, words)]))
         return sql.SQL(" ORDER BY ") + sql.SQL(", ").join(terms)
 
     @staticmethod
-    def _parse_filter(column: str, value: str, ident: Callable[[str], sql.Identifier]
-                      ) -> tuple[sql.Composable, list[Any]]:
+    def _parse_filter(
+        column: str, value: str, ident: Callable[[str], sql.Identifier]
+    ) -> tuple[sql.Composable, list[Any]]:
         op, dot, operand = value.partition(".")
         negate = op == "not"
         if negate:
@@ -738,16 +791,20 @@ class FakePostgREST:
             values = [operand.replace("*", "%")]
         elif op == "is":
             if operand.lower() not in _IS_VALUES:
-                raise _parse_error(f'"failed to parse filter ({value})"',
-                                   'expecting "null", "not_null", "true", "false" or "unknown"')
+                raise _parse_error(
+                    f'"failed to parse filter ({value})"', 'expecting "null", "not_null", "true", "false" or "unknown"'
+                )
             cond = sql.SQL("{} IS {}").format(col, sql.SQL(_IS_VALUES[operand.lower()]))
         elif op == "in":
             if not (operand.startswith("(") and operand.endswith(")")):
                 raise _parse_error(f'"failed to parse filter ({value})"', 'expecting "("')
             inner = operand[1:-1]
             values = [_unquote(s) for s in _split_top(inner, ",")] if inner else []
-            cond = sql.SQL("{} IN ({})").format(
-                col, sql.SQL(", ").join(sql.Placeholder() for _ in values)) if values else sql.SQL("false")
+            cond = (
+                sql.SQL("{} IN ({})").format(col, sql.SQL(", ").join(sql.Placeholder() for _ in values))
+                if values
+                else sql.SQL("false")
+            )
         else:
             raise _not_implemented(f"The {op!r} operator")
         if negate:
@@ -756,40 +813,49 @@ class FakePostgREST:
 
     # -- reads: shared by tables, views and set/composite RPC results ----------------------
 
-    def _run_read(self, cur: psycopg.Cursor, source: sql.Composable, source_params: Sequence[Any],
-                  read: _Read, count_exact: bool) -> tuple[str, int, int | None]:
+    def _run_read(
+        self, cur: psycopg.Cursor, source: sql.Composable, source_params: Sequence[Any], read: _Read, count_exact: bool
+    ) -> tuple[str, int, int | None]:
         where = (sql.SQL(" WHERE ") + sql.SQL(" AND ").join(read.where)) if read.where else sql.SQL("")
         page = sql.SQL("SELECT {} FROM {}{}{}{}{}").format(
-            read.select, source, where, read.order,
+            read.select,
+            source,
+            where,
+            read.order,
             sql.SQL(" LIMIT {}").format(sql.Literal(read.limit)) if read.limit is not None else sql.SQL(""),
-            sql.SQL(" OFFSET {}").format(sql.Literal(read.offset)) if read.offset else sql.SQL(""))
-        cur.execute(sql.SQL(
-            "SELECT coalesce(pg_catalog.json_agg(pgrst_t), '[]')::text, pg_catalog.count(pgrst_t) "
-            "FROM ({}) pgrst_t").format(page), [*source_params, *read.params])
+            sql.SQL(" OFFSET {}").format(sql.Literal(read.offset)) if read.offset else sql.SQL(""),
+        )
+        cur.execute(
+            sql.SQL(
+                "SELECT coalesce(pg_catalog.json_agg(pgrst_t), '[]')::text, pg_catalog.count(pgrst_t) FROM ({}) pgrst_t"
+            ).format(page),
+            [*source_params, *read.params],
+        )
         body, n = cur.fetchone()
         total = None
         if count_exact:
             # A second evaluation; harmless for tables, and PostgREST's own count query
             # also re-runs the source.
-            cur.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}{}").format(source, where),
-                        [*source_params, *read.params])
+            cur.execute(
+                sql.SQL("SELECT pg_catalog.count(*) FROM {}{}").format(source, where), [*source_params, *read.params]
+            )
             total = cur.fetchone()[0]
         return body, n, total
 
     @staticmethod
-    def _read_response(req: _Request, body: str, n: int, total: int | None, offset: int
-                       ) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _read_response(
+        req: _Request, body: str, n: int, total: int | None, offset: int
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         if req.singular():
             if n != 1:
-                raise PostgRESTError(406, "PGRST116", "Cannot coerce the result to a single JSON object",
-                                     f"The result contains {n} rows")
+                raise PostgRESTError(
+                    406, "PGRST116", "Cannot coerce the result to a single JSON object", f"The result contains {n} rows"
+                )
             body = json.dumps(json.loads(body)[0])
         status, content_range = _range(offset, n, total)
-        return status, [("Content-Type", _content_type(req)), ("Content-Range", content_range)], \
-            body.encode()
+        return status, [("Content-Type", _content_type(req)), ("Content-Range", content_range)], body.encode()
 
-    def _read_table(self, req: _Request, auth: _Auth, name: str
-                    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _read_table(self, req: _Request, auth: _Auth, name: str) -> tuple[int, list[tuple[str, str]], bytes]:
         schema = self._schema(req)
         read = self._parse_read(req, None, skip=set())
 
@@ -800,10 +866,11 @@ class FakePostgREST:
             cur.execute(
                 "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                 "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
-                "AND c.relkind IN ('r', 'v', 'm', 'f', 'p')", (schema, name))
+                "AND c.relkind IN ('r', 'v', 'm', 'f', 'p')",
+                (schema, name),
+            )
             if cur.fetchone() is None:
-                raise PostgRESTError(404, "PGRST205",
-                                     f"Could not find the table '{schema}.{name}' in the schema cache")
+                raise PostgRESTError(404, "PGRST205", f"Could not find the table '{schema}.{name}' in the schema cache")
             source = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
             return self._run_read(cur, source, (), read, _wants_count(req))
 
@@ -824,8 +891,7 @@ class FakePostgREST:
         if is_post:
             keys = list(body) if isinstance(body, dict) else []
         else:
-            keys = list(dict.fromkeys(k for k, _ in req.query
-                                      if k not in _RESERVED_KEYS and k not in _LOGIC_KEYS))
+            keys = list(dict.fromkeys(k for k, _ in req.query if k not in _RESERVED_KEYS and k not in _LOGIC_KEYS))
         single_object = "params=single-object" in req.prefer()
 
         def work(cur: psycopg.Cursor) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -837,8 +903,7 @@ class FakePostgREST:
             source, source_params = self._call_source(routine, mode, arg_keys, body, req)
             # PostgREST: GET/HEAD always read-only; POST read-only unless VOLATILE.
             self._impersonate(cur, req, auth, schema, read_only=not is_post or not routine.volatile)
-            return self._run_call(cur, req, routine, source, source_params,
-                                  skip=set() if is_post else set(arg_keys))
+            return self._run_call(cur, req, routine, source, source_params, skip=set() if is_post else set(arg_keys))
 
         return self._transaction(auth, work)
 
@@ -866,28 +931,33 @@ class FakePostgREST:
               JOIN pg_type t ON t.oid = p.prorettype
               LEFT JOIN pg_type bt ON bt.oid = t.typbasetype
              WHERE n.nspname = %s AND p.proname = %s AND p.prokind = 'f'
-            """, (schema, name))
+            """,
+            (schema, name),
+        )
         routines = []
         for retset, is_void, composite, volatile, ndefaults, names, modes, types in cur.fetchall():
-            params = [_Param(names[i] if i < len(names) else "", typ, False)
-                      for i, typ in enumerate(types) if not modes or modes[i] in ("i", "b", "v")]
+            params = [
+                _Param(names[i] if i < len(names) else "", typ, False)
+                for i, typ in enumerate(types)
+                if not modes or modes[i] in ("i", "b", "v")
+            ]
             # Defaults belong to the trailing input parameters.
-            for p in params[len(params) - ndefaults:] if ndefaults else ():
+            for p in params[len(params) - ndefaults :] if ndefaults else ():
                 p.has_default = True
             routines.append(_Routine(schema, name, params, retset, is_void, composite, volatile))
         return routines
 
     @staticmethod
-    def _choose(routines: list[_Routine], schema: str, name: str, keys: list[str], body: Any,
-                is_post: bool, single_object: bool) -> tuple[_Routine, str]:
+    def _choose(
+        routines: list[_Routine], schema: str, name: str, keys: list[str], body: Any, is_post: bool, single_object: bool
+    ) -> tuple[_Routine, str]:
         """PostgREST's overload resolution by argument names."""
         named: list[_Routine] = []
         single: list[_Routine] = []
         keyset = set(keys)
         for r in routines:
             ps = r.params
-            if (is_post and len(ps) == 1 and ps[0].type in ("json", "jsonb")
-                    and (not ps[0].name or single_object)):
+            if is_post and len(ps) == 1 and ps[0].type in ("json", "jsonb") and (not ps[0].name or single_object):
                 # The whole body goes to the one json/jsonb parameter.
                 single.append(r)
                 continue
@@ -911,26 +981,35 @@ class FakePostgREST:
             if is_post and not isinstance(body, dict):
                 raise PostgRESTError(400, "PGRST102", "Invalid body: a JSON object was expected")
             shown = f"({', '.join(keys)})" if keys else " without parameters"
-            searched = (f" with parameter{'s' if len(keys) > 1 else ''} {', '.join(keys)}" if keys
-                        else " without parameters")
+            searched = (
+                f" with parameter{'s' if len(keys) > 1 else ''} {', '.join(keys)}" if keys else " without parameters"
+            )
             if is_post:
                 searched += " or with a single unnamed json/jsonb parameter"
             raise PostgRESTError(
-                404, "PGRST202", f"Could not find the function {schema}.{name}{shown} in the schema cache",
-                f"Searched for the function {schema}.{name}{searched}, but no matches were found "
-                "in the schema cache.",
+                404,
+                "PGRST202",
+                f"Could not find the function {schema}.{name}{shown} in the schema cache",
+                f"Searched for the function {schema}.{name}{searched}, but no matches were found in the schema cache.",
                 "If a new function was created in the database with this name and parameters, "
-                "try reloading the schema cache.")
+                "try reloading the schema cache.",
+            )
         raise PostgRESTError(
-            300, "PGRST203", "Could not choose the best candidate function between: " + ", ".join(
-                f"{schema}.{name}(" + ", ".join(f"{p.name} => {p.type}" for p in r.params) + ")"
-                for r in named + single),
-            None, "Try renaming the parameters or the function itself in the database so function "
-                  "overloading can be resolved")
+            300,
+            "PGRST203",
+            "Could not choose the best candidate function between: "
+            + ", ".join(
+                f"{schema}.{name}(" + ", ".join(f"{p.name} => {p.type}" for p in r.params) + ")" for r in named + single
+            ),
+            None,
+            "Try renaming the parameters or the function itself in the database so function "
+            "overloading can be resolved",
+        )
 
     @staticmethod
-    def _call_source(routine: _Routine, mode: str, keys: list[str], body: Any, req: _Request
-                     ) -> tuple[sql.Composable, list[Any]]:
+    def _call_source(
+        routine: _Routine, mode: str, keys: list[str], body: Any, req: _Request
+    ) -> tuple[sql.Composable, list[Any]]:
         """The call as a FROM item named ``pgrst_call``; every argument a bound parameter.
 
         A scalar result is the single column ``pgrst_call.pgrst_v``; a composite result
@@ -940,8 +1019,9 @@ class FakePostgREST:
         alias = sql.SQL("pgrst_call") if routine.is_composite else sql.SQL("pgrst_call(pgrst_v)")
         by_name = {p.name: p for p in routine.params}
         if mode == "single":
-            return sql.SQL("{}({}::{}) AS {}").format(
-                fn, sql.Placeholder(), sql.SQL(routine.params[0].type), alias), [json.dumps(body)]
+            return sql.SQL("{}({}::{}) AS {}").format(fn, sql.Placeholder(), sql.SQL(routine.params[0].type), alias), [
+                json.dumps(body)
+            ]
         if not keys:
             return sql.SQL("{}() AS {}").format(fn, alias), []
         if req.method == "POST":
@@ -949,22 +1029,30 @@ class FakePostgREST:
             # as PostgREST does: an object into jsonb, a string into uuid or text, a number
             # into numeric or int, an array into an array.
             coldefs = sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(by_name[k].type)) for k in keys)
+                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(by_name[k].type)) for k in keys
+            )
             args = sql.SQL(", ").join(
-                sql.SQL("{} => pgrst_args.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in keys)
-            return sql.SQL("pg_catalog.json_to_record({}::json) AS pgrst_args({}) "
-                           "CROSS JOIN LATERAL {}({}) AS {}").format(
-                sql.Placeholder(), coldefs, fn, args, alias), [json.dumps({k: body[k] for k in keys})]
+                sql.SQL("{} => pgrst_args.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in keys
+            )
+            return sql.SQL(
+                "pg_catalog.json_to_record({}::json) AS pgrst_args({}) CROSS JOIN LATERAL {}({}) AS {}"
+            ).format(sql.Placeholder(), coldefs, fn, args, alias), [json.dumps({k: body[k] for k in keys})]
         # GET/HEAD: arguments arrive as text and go through the types' input functions.
         values = dict(req.query)
         args = sql.SQL(", ").join(
-            sql.SQL("{} => {}::{}").format(sql.Identifier(k), sql.Placeholder(), sql.SQL(by_name[k].type))
-            for k in keys)
+            sql.SQL("{} => {}::{}").format(sql.Identifier(k), sql.Placeholder(), sql.SQL(by_name[k].type)) for k in keys
+        )
         return sql.SQL("{}({}) AS {}").format(fn, args, alias), [values[k] for k in keys]
 
-    def _run_call(self, cur: psycopg.Cursor, req: _Request, routine: _Routine,
-                  source: sql.Composable, source_params: list[Any], skip: set[str]
-                  ) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _run_call(
+        self,
+        cur: psycopg.Cursor,
+        req: _Request,
+        routine: _Routine,
+        source: sql.Composable,
+        source_params: list[Any],
+        skip: set[str],
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         if routine.is_void:
             cur.execute(sql.SQL("SELECT 1 FROM {}").format(source), source_params)
             # PostgREST >= 10 answers a void function with 204 and no body.
@@ -979,8 +1067,11 @@ class FakePostgREST:
             if not routine.returns_set:
                 # A scalar result is the JSON value itself (json/jsonb included).
                 value = values[0] if values else None
-                return 200, [("Content-Type", _content_type(req)), ("Content-Range", "0-0/*")], \
-                    json.dumps(value).encode()
+                return (
+                    200,
+                    [("Content-Type", _content_type(req)), ("Content-Range", "0-0/*")],
+                    json.dumps(value).encode(),
+                )
             body = json.dumps(values)
         else:
             read = self._parse_read(req, "pgrst_call", skip=skip)
@@ -988,14 +1079,18 @@ class FakePostgREST:
             if not routine.returns_set and not req.singular():
                 # A composite (non-SETOF) result is one object, not an array.
                 rows = json.loads(body)
-                return 200, [("Content-Type", _content_type(req)), ("Content-Range", "0-0/*")], \
-                    json.dumps(rows[0] if rows else None).encode()
+                return (
+                    200,
+                    [("Content-Type", _content_type(req)), ("Content-Range", "0-0/*")],
+                    json.dumps(rows[0] if rows else None).encode(),
+                )
         # Raising inside the transaction rolls the call back, as PostgREST does when the
         # singular (vnd.pgrst.object) contract fails.
         return self._read_response(req, body, n, total, read.offset)
 
 
 # ------------------------------------------------------------------------------- helpers
+
 
 def _wants_count(req: _Request) -> bool:
     # planned/estimated need the planner's row estimates; an exact count is always right.

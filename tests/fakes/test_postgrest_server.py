@@ -42,6 +42,7 @@ BOB = uuid.UUID("22222222-2222-4222-8222-222222222222")
 
 # ------------------------------------------------------------------ throwaway PostgreSQL
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,16 +70,23 @@ def pg_dsn():
         os.chown(base, run_as["user"], run_as["group"])
     data, log = base / "data", base / "log"
     port = _free_port()
-    subprocess.run(["initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                    "--locale=C", "--no-sync"], check=True, capture_output=True, **run_as)
+    subprocess.run(
+        ["initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+        check=True,
+        capture_output=True,
+        **run_as,
+    )
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
-    subprocess.run(["pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "start"],
-                   check=True, capture_output=True, **run_as)
+    subprocess.run(
+        ["pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "start"],
+        check=True,
+        capture_output=True,
+        **run_as,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, **run_as)
+        subprocess.run(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, **run_as)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -226,7 +234,8 @@ def db(pg_dsn):
         conn.execute(
             "INSERT INTO public.notes (user_id, body, amount) VALUES "
             "(%(a)s, 'a1', 5), (%(a)s, 'a2', 7), (%(a)s, 'a3', 9), (%(b)s, 'b1', 100), (%(b)s, 'b2', 5)",
-            {"a": ALICE, "b": BOB})
+            {"a": ALICE, "b": BOB},
+        )
     return pg_dsn
 
 
@@ -264,12 +273,19 @@ def _user(sub: uuid.UUID, **kw) -> str:
 
 # ------------------------------------------------------------------------------- clients
 
+
 def test_supabase_py_rpc_with_service_role(server, db, service_client):
     before = _calls(db, "svc_grant")
-    res = service_client.rpc("svc_grant", {"p_user": str(BOB), "p_amount": 3,
-                                           "p_meta": {"note": "sb-py", "n": [1, 2]}}).execute()
-    assert res.data == {"user_id": str(BOB), "amount": 3, "meta": {"note": "sb-py", "n": [1, 2]},
-                        "jwt_role": "service_role", "current_user": "postgres"}
+    res = service_client.rpc(
+        "svc_grant", {"p_user": str(BOB), "p_amount": 3, "p_meta": {"note": "sb-py", "n": [1, 2]}}
+    ).execute()
+    assert res.data == {
+        "user_id": str(BOB),
+        "amount": 3,
+        "meta": {"note": "sb-py", "n": [1, 2]},
+        "jwt_role": "service_role",
+        "current_user": "postgres",
+    }
     assert _calls(db, "svc_grant") == before + 1
     # The row was committed by the request's transaction.
     assert _scalar(db, "SELECT amount FROM public.notes WHERE body = 'sb-py'") == 3
@@ -304,10 +320,23 @@ def test_claims_role_and_request_settings_reach_sql(server):
 def test_argument_types_follow_the_function_signature(server):
     client = _rest(server, server.service_role_key)
     uid = str(uuid.uuid4())
-    rows = client.rpc("echo_types", {"p_id": uid, "p_tags": ["a", "b,c"], "p_doc": {"k": [1, None]},
-                                     "p_flag": True, "p_at": "2024-01-02T03:04:05Z"}).execute().data
-    assert rows == [{"id": uid, "tags": ["a", "b,c"], "doc": {"k": [1, None]}, "flag": True,
-                     "at": "2024-01-02T03:04:05+00:00"}]
+    rows = (
+        client.rpc(
+            "echo_types",
+            {
+                "p_id": uid,
+                "p_tags": ["a", "b,c"],
+                "p_doc": {"k": [1, None]},
+                "p_flag": True,
+                "p_at": "2024-01-02T03:04:05Z",
+            },
+        )
+        .execute()
+        .data
+    )
+    assert rows == [
+        {"id": uid, "tags": ["a", "b,c"], "doc": {"k": [1, None]}, "flag": True, "at": "2024-01-02T03:04:05+00:00"}
+    ]
     assert client.rpc("series", {"n": 3}).execute().data == [1, 2, 3]
     assert client.rpc("single_json", {"x": 1}).execute().data == {"x": 1, "seen": True}
     # void: 204 without a body; postgrest-py turns that into an empty list.
@@ -326,12 +355,20 @@ def test_get_rpc_for_stable_functions(server):
 
 def test_rpc_result_filters_order_limit(server):
     user = _rest(server, _user(ALICE))
-    rows = user.rpc("my_notes", {}).select("body,amount").gt("amount", 5).order(
-        "amount", desc=True).limit(5).execute().data
+    rows = (
+        user.rpc("my_notes", {})
+        .select("body,amount")
+        .gt("amount", 5)
+        .order("amount", desc=True)
+        .limit(5)
+        .execute()
+        .data
+    )
     assert rows == [{"body": "a3", "amount": 9}, {"body": "a2", "amount": 7}]
 
 
 # ------------------------------------------------------------------------ RLS via tables
+
 
 def test_user_jwt_reads_only_its_own_rows(server):
     alice = _rest(server, _user(ALICE))
@@ -344,8 +381,9 @@ def test_user_jwt_reads_only_its_own_rows(server):
     # anon has SELECT but no policy: nothing.
     assert _rest(server, None).from_("notes").select("*").execute().data == []
     # The same through supabase-py, with the user's token on a client of its own.
-    user_client = supabase.create_client(server.url, server.anon_key, options=supabase.ClientOptions(
-        headers={"Authorization": f"Bearer {_user(BOB)}"}))
+    user_client = supabase.create_client(
+        server.url, server.anon_key, options=supabase.ClientOptions(headers={"Authorization": f"Bearer {_user(BOB)}"})
+    )
     rows = user_client.table("notes").select("body,user_id").execute().data
     assert {r["user_id"] for r in rows} == {str(BOB)} and {"b1", "b2"} <= {r["body"] for r in rows}
 
@@ -354,13 +392,15 @@ def test_table_filters_order_limit_select(server):
     alice = _rest(server, _user(ALICE))
     q = alice.from_("notes").select("body, amount")
     assert q.in_("body", ["a1", "a3", "b1"]).order("amount", desc=True).execute().data == [
-        {"body": "a3", "amount": 9}, {"body": "a1", "amount": 5}]
-    assert [r["body"] for r in alice.from_("notes").select("body").neq("body", "a2")
-            .order("body").execute().data] == ["a1", "a3"]
-    assert alice.from_("notes").select("body").order("amount").limit(1).execute().data == [
-        {"body": "a1"}]
-    assert alice.from_("notes").select("body").eq("amount", 7).single().execute().data == {
-        "body": "a2"}
+        {"body": "a3", "amount": 9},
+        {"body": "a1", "amount": 5},
+    ]
+    assert [r["body"] for r in alice.from_("notes").select("body").neq("body", "a2").order("body").execute().data] == [
+        "a1",
+        "a3",
+    ]
+    assert alice.from_("notes").select("body").order("amount").limit(1).execute().data == [{"body": "a1"}]
+    assert alice.from_("notes").select("body").eq("amount", 7).single().execute().data == {"body": "a2"}
     res = alice.from_("notes").select("body", count="exact").limit(2).execute()
     assert res.count == 3 and len(res.data) == 2
 
@@ -380,20 +420,27 @@ def test_schema_switching_and_unexposed_schema(server):
 
 # ------------------------------------------------------------------- grants and errors
 
+
 def test_service_only_function_refused_to_anon_and_users(server, db):
     before_calls = _calls(db, "svc_grant")
     before_rows = _scalar(db, "SELECT count(*) FROM public.notes")
     args = {"p_user": str(ALICE), "p_amount": 1000}
 
-    resp = httpx.post(f"{server.rest_url}/rpc/svc_grant", json=args,
-                      headers={"apikey": server.anon_key, "Authorization": f"Bearer {server.anon_key}"})
+    resp = httpx.post(
+        f"{server.rest_url}/rpc/svc_grant",
+        json=args,
+        headers={"apikey": server.anon_key, "Authorization": f"Bearer {server.anon_key}"},
+    )
     assert resp.status_code == 401
     assert resp.json()["code"] == "42501"
     assert "permission denied for function svc_grant" in resp.json()["message"]
 
     user_jwt = _user(ALICE)
-    resp = httpx.post(f"{server.rest_url}/rpc/svc_grant", json=args,
-                      headers={"apikey": server.anon_key, "Authorization": f"Bearer {user_jwt}"})
+    resp = httpx.post(
+        f"{server.rest_url}/rpc/svc_grant",
+        json=args,
+        headers={"apikey": server.anon_key, "Authorization": f"Bearer {user_jwt}"},
+    )
     assert resp.status_code == 403 and resp.json()["code"] == "42501"
 
     with pytest.raises(APIError) as err:
@@ -406,9 +453,11 @@ def test_service_only_function_refused_to_anon_and_users(server, db):
 
 def test_pt402_with_detail_and_hint(server, db, service_client):
     before = _calls(db, "charge")
-    resp = httpx.post(f"{server.rest_url}/rpc/charge", json={"p_account": str(ALICE), "p_cost": 12.5},
-                      headers={"apikey": server.service_role_key,
-                               "Authorization": f"Bearer {server.service_role_key}"})
+    resp = httpx.post(
+        f"{server.rest_url}/rpc/charge",
+        json={"p_account": str(ALICE), "p_cost": 12.5},
+        headers={"apikey": server.service_role_key, "Authorization": f"Bearer {server.service_role_key}"},
+    )
     assert resp.status_code == 402
     assert resp.headers["content-type"].startswith("application/json")
     body = resp.json()
@@ -423,23 +472,24 @@ def test_pt402_with_detail_and_hint(server, db, service_client):
     assert (e.code, e.message, e.hint) == ("PT402", "insufficient_credits", "buy_pack")
     assert isinstance(e.details, str)  # DETAIL arrives as text; the adapter parses it
     assert json.loads(e.details)["needed"] == 3
-    assert e.json() == {"code": "PT402", "message": "insufficient_credits",
-                        "details": e.details, "hint": "buy_pack"}
+    assert e.json() == {"code": "PT402", "message": "insufficient_credits", "details": e.details, "hint": "buy_pack"}
     # The function raised, so its own insert was rolled back with the transaction.
     assert _calls(db, "charge") == before
 
 
-@pytest.mark.parametrize("kind,status,code", [
-    ("raise", 400, "P0001"),
-    ("unique", 409, "23505"),
-    ("check", 400, "23514"),
-    ("div", 400, "22012"),
-    ("serialization", 500, "40001"),
-    ("conflict", 409, "PT409"),
-])
+@pytest.mark.parametrize(
+    "kind,status,code",
+    [
+        ("raise", 400, "P0001"),
+        ("unique", 409, "23505"),
+        ("check", 400, "23514"),
+        ("div", 400, "22012"),
+        ("serialization", 500, "40001"),
+        ("conflict", 409, "PT409"),
+    ],
+)
 def test_sqlstate_to_http_status(server, kind, status, code):
-    resp = httpx.post(f"{server.rest_url}/rpc/fail", json={"kind": kind},
-                      headers={"apikey": server.service_role_key})
+    resp = httpx.post(f"{server.rest_url}/rpc/fail", json={"kind": kind}, headers={"apikey": server.service_role_key})
     assert (resp.status_code, resp.json()["code"]) == (status, code)
     assert set(resp.json()) == {"code", "message", "details", "hint"}
     if kind == "raise":
@@ -449,15 +499,15 @@ def test_sqlstate_to_http_status(server, kind, status, code):
 
 
 def test_raise_pgrst_full_control(server):
-    resp = httpx.post(f"{server.rest_url}/rpc/fail", json={"kind": "pgrst"},
-                      headers={"apikey": server.service_role_key})
+    resp = httpx.post(
+        f"{server.rest_url}/rpc/fail", json={"kind": "pgrst"}, headers={"apikey": server.service_role_key}
+    )
     assert resp.status_code == 429 and resp.headers["retry-after"] == "7"
     assert resp.json() == {"code": "CG001", "message": "custom", "details": "d", "hint": "h"}
 
 
 def test_stable_function_that_writes_fails_read_only(server, db):
-    resp = httpx.post(f"{server.rest_url}/rpc/mislabeled", json={},
-                      headers={"apikey": server.service_role_key})
+    resp = httpx.post(f"{server.rest_url}/rpc/mislabeled", json={}, headers={"apikey": server.service_role_key})
     assert (resp.status_code, resp.json()["code"]) == (405, "25006")
     assert _calls(db, "mislabeled") == 0
     # GET always runs read-only, whatever the function's volatility.
@@ -481,22 +531,26 @@ def test_unknown_function_and_table(server):
     with pytest.raises(APIError) as err:
         client.from_("no_such_table").select("*").execute()
     assert err.value.code == "PGRST205"
-    resp = httpx.post(f"{server.rest_url}/rpc/no_such_fn", json={},
-                      headers={"apikey": server.service_role_key})
+    resp = httpx.post(f"{server.rest_url}/rpc/no_such_fn", json={}, headers={"apikey": server.service_role_key})
     assert resp.status_code == 404
 
 
 # ------------------------------------------------------------------------------------ JWT
 
-@pytest.mark.parametrize("token,code", [
-    (make_jwt("another-secret-of-sufficient-length-0123456789", role="service_role"), "PGRST301"),
-    (make_jwt(SECRET, role="service_role", exp_in=-120), "PGRST303"),
-    ("not-a-jwt", "PGRST301"),
-])
+
+@pytest.mark.parametrize(
+    "token,code",
+    [
+        (make_jwt("another-secret-of-sufficient-length-0123456789", role="service_role"), "PGRST301"),
+        (make_jwt(SECRET, role="service_role", exp_in=-120), "PGRST303"),
+        ("not-a-jwt", "PGRST301"),
+    ],
+)
 def test_bad_jwt_is_401(server, db, token, code):
     before = _scalar(db, "SELECT n FROM public.counter")
-    resp = httpx.post(f"{server.rest_url}/rpc/bump", json={},
-                      headers={"apikey": server.anon_key, "Authorization": f"Bearer {token}"})
+    resp = httpx.post(
+        f"{server.rest_url}/rpc/bump", json={}, headers={"apikey": server.anon_key, "Authorization": f"Bearer {token}"}
+    )
     assert resp.status_code == 401
     assert resp.json()["code"] == code
     assert resp.headers["www-authenticate"].startswith("Bearer")
@@ -510,17 +564,18 @@ def test_missing_keys_and_unknown_role(server):
     resp = httpx.post(f"{server.rest_url}/rpc/whoami", json={})
     assert resp.status_code == 401 and resp.json()["code"] == "PGRST302"
     # Supabase's gateway wants the project key even when a user token is sent.
-    resp = httpx.post(f"{server.rest_url}/rpc/whoami", json={},
-                      headers={"Authorization": f"Bearer {_user(ALICE)}"})
+    resp = httpx.post(f"{server.rest_url}/rpc/whoami", json={}, headers={"Authorization": f"Bearer {_user(ALICE)}"})
     assert resp.status_code == 401 and resp.json()["code"] == "PGRST302"
     # Only the apikey: the gateway uses it as the bearer token.
-    resp = httpx.post(f"{server.rest_url}/rpc/whoami", json={},
-                      headers={"apikey": server.service_role_key})
+    resp = httpx.post(f"{server.rest_url}/rpc/whoami", json={}, headers={"apikey": server.service_role_key})
     assert resp.status_code == 200 and resp.json()["current_user"] == "service_role"
     # A validly signed token naming a role that does not exist.
     ghost = make_jwt(SECRET, role="ghost")
-    resp = httpx.post(f"{server.rest_url}/rpc/whoami", json={},
-                      headers={"apikey": server.anon_key, "Authorization": f"Bearer {ghost}"})
+    resp = httpx.post(
+        f"{server.rest_url}/rpc/whoami",
+        json={},
+        headers={"apikey": server.anon_key, "Authorization": f"Bearer {ghost}"},
+    )
     assert resp.status_code == 401 and resp.json()["code"] == "22023"
 
 
@@ -529,8 +584,7 @@ def test_make_jwt_claim_sets():
 
     key = pyjwt.decode(make_jwt(SECRET, role="anon"), SECRET, algorithms=["HS256"])
     assert key["role"] == "anon" and key["iss"] == "supabase" and "aud" not in key
-    user = pyjwt.decode(_user(ALICE, email="a@example.com"), SECRET, algorithms=["HS256"],
-                        audience="authenticated")
+    user = pyjwt.decode(_user(ALICE, email="a@example.com"), SECRET, algorithms=["HS256"], audience="authenticated")
     assert user["sub"] == str(ALICE) and user["role"] == "authenticated"
     assert user["email"] == "a@example.com" and user["exp"] - user["iat"] == 3600
     assert user["iss"].endswith("/auth/v1")
@@ -538,6 +592,7 @@ def test_make_jwt_claim_sets():
 
 
 # ------------------------------------------------------------------------ safety / load
+
 
 def test_request_strings_are_quoted_not_executed(server, db):
     client = _rest(server, server.service_role_key)

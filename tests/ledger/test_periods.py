@@ -21,7 +21,7 @@ def age(sql, account: str, months: int) -> None:
         "UPDATE creditgate.grants SET expires_at = expires_at - make_interval(months => %s), "
         "period_start = period_start - make_interval(months => %s), "
         "external_ref = 'allowance:' || plan_id || ':' || to_char((period_start - make_interval(months => %s)) "
-        "AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || ':' || key "
+        "AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || ':' || key "
         "WHERE account_id = %s AND source = 'allowance'",
         months,
         months,
