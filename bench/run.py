@@ -1000,7 +1000,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         action="append",
         default=[],
-        help="extra SQL to run after the migrations, e.g. bench/experiments/plpgsql_helpers.sql (repeatable)",
+        help="extra SQL to run after the migrations, to measure a change before making it (repeatable)",
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: short phases, small numbers")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (database, logs)")
