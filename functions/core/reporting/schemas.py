@@ -66,6 +66,7 @@ class Order(BaseModel):
     amount: str
     currency: str
     credits: str
+    checkout_session_id: str | None = None
     created_at: str
     updated_at: str
 
