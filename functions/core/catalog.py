@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from functions.core.money import major_to_minor, to_micro, usd_per_mtok_to_micro
+from functions.core.money import PRICE_FIELDS, major_to_minor, to_micro, usd_per_mtok_to_micro
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "catalog.toml"
 Amount = str  # decimal strings in the file; TOML floats would round
@@ -86,19 +86,6 @@ class AgentItem(_Item):
     name: str
     description: str | None = None
     display_order: StrictInt | None = None
-
-
-PRICE_FIELDS = (
-    "input_per_mtok",
-    "output_per_mtok",
-    "cached_input_per_mtok",
-    "reasoning_per_mtok",
-    "cache_write_per_mtok",
-    "long_context_input_per_mtok",
-    "long_context_output_per_mtok",
-    "long_context_cached_input_per_mtok",
-    "long_context_cache_write_per_mtok",
-)
 
 
 class ModelItem(_Item):

@@ -63,6 +63,20 @@ def major_to_minor(value: Any, currency: str) -> int:
     return int(minor)
 
 
+# A model's prices, each in USD per million tokens (micro-USD integers inside).
+PRICE_FIELDS = (
+    "input_per_mtok",
+    "output_per_mtok",
+    "cached_input_per_mtok",
+    "reasoning_per_mtok",
+    "cache_write_per_mtok",
+    "long_context_input_per_mtok",
+    "long_context_output_per_mtok",
+    "long_context_cached_input_per_mtok",
+    "long_context_cache_write_per_mtok",
+)
+
+
 def pico_usd_to_str(pico: int) -> str:
     return format((Decimal(pico) / 10**12).normalize(), "f")
 

@@ -120,9 +120,6 @@ CREATE FUNCTION creditgate.apply_plan(p_account creditgate.accounts, p_plan_id t
   p_period_start timestamptz DEFAULT NULL, p_period_end timestamptz DEFAULT NULL,
   p_billing_source text DEFAULT NULL)
 RETURNS creditgate.accounts LANGUAGE plpgsql SET search_path = '' AS $$
-DECLARE
-  g record;
-  v_take bigint;
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM creditgate.plans WHERE id = p_plan_id AND active) THEN
     PERFORM creditgate.fail(422, 'unknown_plan', jsonb_build_object('plan', p_plan_id));
@@ -131,21 +128,11 @@ BEGIN
     RETURN p_account;
   END IF;
   IF p_plan_id <> p_account.plan_id THEN
-    -- Only the unreserved part can expire now; expire_grants takes the rest later.
-    FOR g IN
-      SELECT id, key, remaining, source, external_ref FROM creditgate.grants
-      WHERE account_id = p_account.id AND source = 'allowance' AND remaining > 0
-      ORDER BY key, id
-    LOOP
-      SELECT least(g.remaining, available) INTO v_take FROM creditgate.balances
-      WHERE account_id = p_account.id AND key = g.key;
-      CONTINUE WHEN v_take <= 0;
-      UPDATE creditgate.grants SET remaining = remaining - v_take, expires_at = least(expires_at, now())
-       WHERE id = g.id;
-      UPDATE creditgate.balances SET available = available - v_take
-       WHERE account_id = p_account.id AND key = g.key;
-      PERFORM creditgate.journal(p_account.id, g.key, 'expire', -v_take, g.id, NULL, g.source, g.external_ref);
-    END LOOP;
+    -- The old plan's allowance ends now. expire_grants takes its unreserved part at once and
+    -- the rest when the holds on it settle or are released.
+    UPDATE creditgate.grants SET expires_at = least(expires_at, now())
+     WHERE account_id = p_account.id AND source = 'allowance' AND remaining > 0;
+    PERFORM creditgate.expire_grants(p_account.id);
   END IF;
   UPDATE creditgate.accounts SET
     plan_id = p_plan_id,

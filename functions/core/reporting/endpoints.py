@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from functions.core.deps import AccountHeader, LedgerDep, SignedInDep, resolve_account
 from functions.core.errors import ProblemError
-from functions.core.money import format_micro, minor_to_major
+from functions.core.money import PRICE_FIELDS, format_micro, minor_to_major
 from functions.core.present import cost_usd, micro_fields, pack
 from functions.core.reporting.schemas import BalanceAnswer, Catalog, Health, Orders, Prices, Transactions, UsageSummary
 from functions.core.schemas import AccountId
@@ -117,18 +117,7 @@ def _usd(micro: int | None) -> str | None:
 @router.get("/v1/prices", response_model=Prices)
 def prices(ledger: LedgerDep) -> dict:
     raw = ledger.prices()
-    money = (
-        "input_per_mtok",
-        "output_per_mtok",
-        "cached_input_per_mtok",
-        "reasoning_per_mtok",
-        "cache_write_per_mtok",
-        "long_context_input_per_mtok",
-        "long_context_output_per_mtok",
-        "long_context_cached_input_per_mtok",
-        "long_context_cache_write_per_mtok",
-    )
-    items = [{**p, **{k: _usd(p.get(k)) for k in money}} for p in raw["items"]]
+    items = [{**p, **{k: _usd(p.get(k)) for k in PRICE_FIELDS}} for p in raw["items"]]
     markup = format((Decimal(raw["markup_bps"]) / 10_000).normalize(), "f")
     return {"items": items, "credits_per_usd": raw["credits_per_usd"], "markup": markup}
 
