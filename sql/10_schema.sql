@@ -151,12 +151,14 @@ CREATE TABLE creditgate.grants (
   period_start timestamptz,
   reason       text,
   created_at   timestamptz NOT NULL DEFAULT now(),
+  -- The partial indexes below name `live`, not `remaining`: a burn that changes only
+  -- `remaining` then touches no index (a HOT update); `live` flips once, when it runs out.
+  live         boolean GENERATED ALWAYS AS (remaining > 0) STORED,
   UNIQUE (account_id, external_ref)
-);
+) WITH (fillfactor = 80);
 -- The burn order: priority, then soonest expiry, then oldest.
-CREATE INDEX grants_burn ON creditgate.grants (account_id, key, priority, expires_at, id)
-  WHERE remaining > 0;
-CREATE INDEX grants_expiring ON creditgate.grants (expires_at) WHERE remaining > 0;
+CREATE INDEX grants_burn ON creditgate.grants (account_id, key, priority, expires_at, id) WHERE live;
+CREATE INDEX grants_expiring ON creditgate.grants (expires_at) WHERE live;
 
 CREATE TABLE creditgate.reservations (
   id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),

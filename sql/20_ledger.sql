@@ -38,34 +38,45 @@ BEGIN
 END
 $$;
 
--- One journal line; balance_after is H - D of the balance after the movement.
+-- One journal line, written from the balance row as the movement left it (the caller's
+-- UPDATE ... RETURNING), so the line's balance_after is H - D without reading it again.
 CREATE FUNCTION creditgate.journal(
-  p_account_id text, p_key text, p_kind text, p_amount bigint,
+  p_balance creditgate.balances, p_kind text, p_amount bigint,
   p_grant_id bigint DEFAULT NULL, p_usage_id uuid DEFAULT NULL,
   p_source text DEFAULT NULL, p_external_ref text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
   INSERT INTO creditgate.ledger_entries
     (account_id, key, kind, amount, balance_after, grant_id, usage_id, source, external_ref)
-  SELECT p_account_id, p_key, p_kind, p_amount, b.available + b.reserved - b.debt,
-         p_grant_id, p_usage_id, p_source, p_external_ref
-  FROM creditgate.balances b WHERE b.account_id = p_account_id AND b.key = p_key;
+  VALUES (p_balance.account_id, p_balance.key, p_kind, p_amount,
+          p_balance.available + p_balance.reserved - p_balance.debt,
+          p_grant_id, p_usage_id, p_source, p_external_ref);
 END
 $$;
 
--- Burn order: priority, then soonest expiry, then oldest. One statement takes `p_amount`
--- out of the grants in that order; the caller has checked that they hold enough.
+-- Burn order: priority, then soonest expiry, then oldest. Most calls fit in the first grant
+-- in that order: one indexed UPDATE, and a HOT one (no index holds `remaining`, only the
+-- generated `live`). Otherwise one statement takes `p_amount` across the grants in order.
+-- The caller has checked that they hold enough.
 CREATE FUNCTION creditgate.burn_grants(p_account_id text, p_key text, p_amount bigint)
 RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
   IF p_amount <= 0 THEN
     RETURN;
   END IF;
+  UPDATE creditgate.grants SET remaining = remaining - p_amount
+   WHERE id = (SELECT id FROM creditgate.grants
+               WHERE account_id = p_account_id AND key = p_key AND live
+               ORDER BY priority, expires_at, id LIMIT 1)
+     AND remaining >= p_amount;
+  IF FOUND THEN
+    RETURN;
+  END IF;
   WITH ordered AS (
     SELECT id, remaining,
-           sum(remaining) OVER (ORDER BY priority, expires_at NULLS LAST, id) AS upto
+           sum(remaining) OVER (ORDER BY priority, expires_at, id) AS upto
     FROM creditgate.grants
-    WHERE account_id = p_account_id AND key = p_key AND remaining > 0
+    WHERE account_id = p_account_id AND key = p_key AND live
   ), taken AS (
     SELECT id, least(remaining, p_amount - (upto - remaining)) AS take
     FROM ordered WHERE upto - remaining < p_amount
@@ -84,6 +95,7 @@ CREATE FUNCTION creditgate.add_grant(
 RETURNS jsonb LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
   v_grant creditgate.grants;
+  v_balance creditgate.balances;
   v_debt bigint;
   v_pay bigint;
 BEGIN
@@ -112,8 +124,9 @@ BEGIN
   END IF;
   UPDATE creditgate.balances
      SET available = available + (p_amount - v_pay), debt = debt - v_pay
-   WHERE account_id = p_account_id AND key = p_key;
-  PERFORM creditgate.journal(p_account_id, p_key, 'grant', p_amount, v_grant.id, NULL, p_source, p_external_ref);
+   WHERE account_id = p_account_id AND key = p_key
+  RETURNING * INTO v_balance;
+  PERFORM creditgate.journal(v_balance, 'grant', p_amount, v_grant.id, NULL, p_source, p_external_ref);
   RETURN jsonb_build_object('grant_id', v_grant.id, 'duplicate', false, 'amount', p_amount,
                             'key', p_key, 'source', p_source, 'expires_at', p_expires_at,
                             'debt_paid', v_pay);
@@ -128,18 +141,23 @@ CREATE FUNCTION creditgate.consume(
 RETURNS bigint LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
   v_paid bigint;
+  v_balance creditgate.balances;
 BEGIN
   IF p_amount <= 0 THEN
     RETURN 0;
   END IF;
-  PERFORM creditgate.ensure_balance(p_account_id, p_key);
   SELECT least(available, p_amount) INTO v_paid FROM creditgate.balances
   WHERE account_id = p_account_id AND key = p_key;
+  IF NOT FOUND THEN
+    PERFORM creditgate.ensure_balance(p_account_id, p_key);
+    v_paid := 0;
+  END IF;
   UPDATE creditgate.balances
      SET available = available - v_paid, debt = debt + (p_amount - v_paid)
-   WHERE account_id = p_account_id AND key = p_key;
+   WHERE account_id = p_account_id AND key = p_key
+  RETURNING * INTO v_balance;
   PERFORM creditgate.burn_grants(p_account_id, p_key, v_paid);
-  PERFORM creditgate.journal(p_account_id, p_key, 'consume', -p_amount, NULL, p_usage_id);
+  PERFORM creditgate.journal(v_balance, 'consume', -p_amount, NULL, p_usage_id);
   RETURN p_amount - v_paid;
 END
 $$;
@@ -151,13 +169,14 @@ CREATE FUNCTION creditgate.expire_grants(p_account_id text, p_key text DEFAULT N
 RETURNS bigint LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
   g record;
+  v_balance creditgate.balances;
   v_take bigint;
   v_total bigint := 0;
 BEGIN
   FOR g IN
     SELECT id, key, remaining, source, external_ref FROM creditgate.grants
     WHERE account_id = p_account_id AND (p_key IS NULL OR key = p_key)
-      AND remaining > 0 AND expires_at <= now()
+      AND live AND expires_at <= now()
     ORDER BY key, expires_at, id
   LOOP
     SELECT least(g.remaining, available) INTO v_take FROM creditgate.balances
@@ -165,8 +184,9 @@ BEGIN
     CONTINUE WHEN v_take <= 0;
     UPDATE creditgate.grants SET remaining = remaining - v_take WHERE id = g.id;
     UPDATE creditgate.balances SET available = available - v_take
-     WHERE account_id = p_account_id AND key = g.key;
-    PERFORM creditgate.journal(p_account_id, g.key, 'expire', -v_take, g.id, NULL, g.source, g.external_ref);
+     WHERE account_id = p_account_id AND key = g.key
+    RETURNING * INTO v_balance;
+    PERFORM creditgate.journal(v_balance, 'expire', -v_take, g.id, NULL, g.source, g.external_ref);
     v_total := v_total + v_take;
   END LOOP;
   RETURN v_total;

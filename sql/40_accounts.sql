@@ -129,7 +129,7 @@ BEGIN
     -- The old plan's allowance ends now. expire_grants takes its unreserved part at once and
     -- the rest when the holds on it settle or are released.
     UPDATE creditgate.grants SET expires_at = least(expires_at, now())
-     WHERE account_id = p_account.id AND source = 'allowance' AND remaining > 0;
+     WHERE account_id = p_account.id AND source = 'allowance' AND live;
     PERFORM creditgate.expire_grants(p_account.id);
   END IF;
   UPDATE creditgate.accounts SET

@@ -149,7 +149,7 @@ BEGIN
     PERFORM creditgate.deny_short(p_key, 1000000, v_balance);
   END IF;
   PERFORM creditgate.burn_grants(p_account.id, p_key, 1000000);
-  PERFORM creditgate.journal(p_account.id, p_key, 'consume', -1000000, NULL, p_usage_id);
+  PERFORM creditgate.journal(v_balance, 'consume', -1000000, NULL, p_usage_id);
 END
 $$;
 
@@ -170,6 +170,7 @@ DECLARE
   v_usage_id uuid;
   v_count integer;
   v_low bigint;
+  v_ttl integer;
   v_response jsonb;
 BEGIN
   SELECT * INTO v_feature FROM creditgate.features WHERE id = request ->> 'feature' AND active;
@@ -185,18 +186,33 @@ BEGIN
   v_cost := creditgate.estimate_cost(v_feature, request);
 
   -- A signed-in user's first call creates their account.
-  IF (request ->> 'auto_create')::boolean
-     AND NOT EXISTS (SELECT 1 FROM creditgate.accounts WHERE id = v_account_id) THEN
-    PERFORM creditgate.create_account(v_account_id, 'free', 'user', request ->> 'email');
+  IF (request ->> 'auto_create')::boolean THEN
+    IF NOT EXISTS (SELECT 1 FROM creditgate.accounts WHERE id = v_account_id) THEN
+      PERFORM creditgate.create_account(v_account_id, 'free', 'user', request ->> 'email');
+    END IF;
   END IF;
-  v_account := creditgate.lock_account(v_account_id);
+  -- The key is claimed, and a commit's usage row written, before the account is locked:
+  -- a replay waits on the claim, not in the account's queue, and the lock is held for the
+  -- money part only. A denial rolls all of it back.
   IF v_mode <> 'check' THEN
     v_previous := creditgate.claim_idempotency(v_account_id, 'gate', v_idem, request);
     IF v_previous IS NOT NULL THEN
       RETURN v_previous;
     END IF;
   END IF;
-  v_account := creditgate.roll_period(v_account);
+  IF v_mode = 'commit' AND v_feature.kind = 'metered' THEN
+    v_usage_id := gen_random_uuid();
+    INSERT INTO creditgate.usage_events (id, account_id, user_id, feature_id, agent_id, provider, model,
+      input_tokens, output_tokens, quantity, key, cost, metadata)
+    VALUES (v_usage_id, v_account_id, request ->> 'user_id', v_feature.id, v_agent, request ->> 'provider',
+      request ->> 'model', coalesce((request #>> '{estimate,input_tokens}')::bigint, 0),
+      coalesce((request #>> '{estimate,max_output_tokens}')::bigint, 0),
+      coalesce((request #>> '{estimate,quantity}')::bigint, 0), v_feature.balance_key, v_cost,
+      '{"mode": "commit"}');
+  END IF;
+  SELECT low_balance, reservation_ttl_seconds INTO v_low, v_ttl FROM creditgate.settings;
+
+  v_account := creditgate.roll_period(creditgate.lock_account(v_account_id));
   SELECT * INTO v_plan FROM creditgate.plans WHERE id = v_account.plan_id;
 
   IF v_account.status = 'disputed' THEN
@@ -246,26 +262,16 @@ BEGIN
       IF v_mode = 'reserve' THEN
         INSERT INTO creditgate.reservations (account_id, key, amount, feature_id, model, expires_at)
         VALUES (v_account_id, v_feature.balance_key, v_cost, v_feature.id, request ->> 'model',
-                now() + make_interval(secs => coalesce((request ->> 'ttl_seconds')::integer,
-                                                       (SELECT reservation_ttl_seconds FROM creditgate.settings))))
+                now() + make_interval(secs => coalesce((request ->> 'ttl_seconds')::integer, v_ttl)))
         RETURNING jsonb_build_object('id', id, 'amount', amount, 'expires_at', expires_at) INTO v_reservation;
       ELSE
-        v_usage_id := gen_random_uuid();
         PERFORM creditgate.burn_grants(v_account_id, v_feature.balance_key, v_cost);
-        INSERT INTO creditgate.usage_events (id, account_id, user_id, feature_id, agent_id, provider, model,
-          input_tokens, output_tokens, quantity, key, cost, metadata)
-        VALUES (v_usage_id, v_account_id, request ->> 'user_id', v_feature.id, v_agent, request ->> 'provider',
-          request ->> 'model', coalesce((request #>> '{estimate,input_tokens}')::bigint, 0),
-          coalesce((request #>> '{estimate,max_output_tokens}')::bigint, 0),
-          coalesce((request #>> '{estimate,quantity}')::bigint, 0), v_feature.balance_key, v_cost,
-          jsonb_build_object('mode', 'commit'));
-        PERFORM creditgate.journal(v_account_id, v_feature.balance_key, 'consume', -v_cost, NULL, v_usage_id);
+        PERFORM creditgate.journal(v_balance, 'consume', -v_cost, NULL, v_usage_id);
       END IF;
       PERFORM creditgate.count_request(v_account, v_plan, v_feature.requests_key, v_usage_id, true);
     END IF;
   END IF;
 
-  SELECT low_balance INTO v_low FROM creditgate.settings;
   v_response := jsonb_build_object(
     'allowed', true, 'account_id', v_account_id, 'plan', v_plan.id, 'feature', v_feature.id,
     'agent', v_agent, 'model', request ->> 'model', 'mode', v_mode, 'cost_estimate', v_cost,

@@ -48,12 +48,16 @@ BEGIN
     PERFORM creditgate.fail(422, 'unknown_agent', jsonb_build_object('agent', request ->> 'agent'));
   END IF;
 
-  v_account := creditgate.lock_account(v_account_id);
+  IF v_account_id IS NULL THEN
+    PERFORM creditgate.fail(404, 'account_not_found', jsonb_build_object('account_id', NULL));
+  END IF;
+  -- Claimed before the lock, as the gate does: a replay waits on the claim, not in the
+  -- account's queue.
   v_previous := creditgate.claim_idempotency(v_account_id, 'usage', v_idem, request);
   IF v_previous IS NOT NULL THEN
     RETURN v_previous || '{"replayed": true}';
   END IF;
-  v_account := creditgate.roll_period(v_account);
+  v_account := creditgate.roll_period(creditgate.lock_account(v_account_id));
   SELECT * INTO v_plan FROM creditgate.plans WHERE id = v_account.plan_id;
 
   IF request ->> 'model' IS NOT NULL AND v_feature.pricing_mode = 'model' THEN
@@ -113,7 +117,9 @@ BEGIN
   FROM creditgate.settings s;
 
   v_debt := creditgate.consume(v_account_id, v_feature.balance_key, v_cost, v_usage_id);
-  UPDATE creditgate.usage_events SET debt_added = v_debt WHERE id = v_usage_id AND v_debt > 0;
+  IF v_debt > 0 THEN
+    UPDATE creditgate.usage_events SET debt_added = v_debt WHERE id = v_usage_id;
+  END IF;
   IF v_res.id IS NULL THEN
     -- A call that went through a reservation was counted at the gate.
     PERFORM creditgate.count_request(v_account, v_plan, v_feature.requests_key, v_usage_id, false);

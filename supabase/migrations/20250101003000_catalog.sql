@@ -134,11 +134,17 @@ DECLARE
   v creditgate.model_prices;
 BEGIN
   -- LiteLLM-style ids carry the provider ("gemini/gemini-2.5-pro"); callers may send
-  -- either that or the provider's own name ("gemini-2.5-pro"). An exact match wins.
+  -- either that or the provider's own name ("gemini-2.5-pro"). An exact match wins, and is
+  -- looked up first through the index; the suffix match scans the (small) price list.
   SELECT * INTO v FROM creditgate.model_prices
-  WHERE superseded_at IS NULL AND (p_provider IS NULL OR provider = p_provider)
-    AND (model = p_model OR right(model, length(p_model) + 1) = '/' || p_model)
-  ORDER BY model = p_model DESC, provider, model LIMIT 1;
+  WHERE superseded_at IS NULL AND model = p_model AND (p_provider IS NULL OR provider = p_provider)
+  ORDER BY provider LIMIT 1;
+  IF NOT FOUND THEN
+    SELECT * INTO v FROM creditgate.model_prices
+    WHERE superseded_at IS NULL AND (p_provider IS NULL OR provider = p_provider)
+      AND right(model, length(p_model) + 1) = '/' || p_model
+    ORDER BY provider, model LIMIT 1;
+  END IF;
   IF NOT FOUND THEN
     PERFORM creditgate.fail(422, 'unknown_model',
       jsonb_build_object('model', p_model, 'provider', p_provider));
@@ -149,30 +155,31 @@ $$;
 
 -- Provider cost of a call in pico-USD (1e-12 USD): tokens x micro-USD per Mtok is exact
 -- in integers. Cached and cache-write tokens are parts of input, reasoning a part of output.
+-- PL/pgSQL and no query: plain arithmetic on the price row, evaluated without planning.
 CREATE FUNCTION creditgate.model_cost_pico_usd(
   p creditgate.model_prices, p_input bigint, p_output bigint, p_cached bigint,
   p_reasoning bigint, p_cache_write bigint)
-RETURNS bigint LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
+RETURNS bigint LANGUAGE plpgsql IMMUTABLE SET search_path = '' AS $$
+DECLARE
+  v_input bigint := p.input_per_mtok;
+  v_output bigint := p.output_per_mtok;
+  v_cached bigint := p.cached_input_per_mtok;
+  v_cache_write bigint := p.cache_write_per_mtok;
+BEGIN
   -- Above a model's long-context threshold the whole call is priced at the long-context
   -- rates, as Google and Anthropic bill it.
-  WITH tier AS (
-    SELECT p.long_context_threshold IS NOT NULL AND p_input > p.long_context_threshold AS is_long
-  ), rate AS (
-    SELECT
-      CASE WHEN is_long THEN coalesce(p.long_context_input_per_mtok, p.input_per_mtok) ELSE p.input_per_mtok END AS input,
-      CASE WHEN is_long THEN coalesce(p.long_context_output_per_mtok, p.output_per_mtok) ELSE p.output_per_mtok END AS output,
-      CASE WHEN is_long THEN coalesce(p.long_context_cached_input_per_mtok, p.cached_input_per_mtok)
-           ELSE p.cached_input_per_mtok END AS cached,
-      CASE WHEN is_long THEN coalesce(p.long_context_cache_write_per_mtok, p.cache_write_per_mtok)
-           ELSE p.cache_write_per_mtok END AS cache_write
-    FROM tier
-  )
-  SELECT ((p_input - p_cached - p_cache_write)::numeric * rate.input
-        + p_cached::numeric * coalesce(rate.cached, rate.input)
-        + p_cache_write::numeric * coalesce(rate.cache_write, rate.input)
-        + (p_output - p_reasoning)::numeric * rate.output
-        + p_reasoning::numeric * coalesce(p.reasoning_per_mtok, rate.output))::bigint
-  FROM rate;
+  IF p_input > p.long_context_threshold THEN
+    v_input := coalesce(p.long_context_input_per_mtok, v_input);
+    v_output := coalesce(p.long_context_output_per_mtok, v_output);
+    v_cached := coalesce(p.long_context_cached_input_per_mtok, v_cached);
+    v_cache_write := coalesce(p.long_context_cache_write_per_mtok, v_cache_write);
+  END IF;
+  RETURN ((p_input - p_cached - p_cache_write)::numeric * v_input
+        + p_cached::numeric * coalesce(v_cached, v_input)
+        + p_cache_write::numeric * coalesce(v_cache_write, v_input)
+        + (p_output - p_reasoning)::numeric * v_output
+        + p_reasoning::numeric * coalesce(p.reasoning_per_mtok, v_output))::bigint;
+END
 $$;
 
 -- Pico-USD to micro-credits at the configured rate and markup, rounded up: a call is

@@ -119,7 +119,7 @@ BEGIN
   END IF;
   IF p_start IS DISTINCT FROM p_account.period_start THEN
     UPDATE creditgate.grants SET expires_at = now()
-     WHERE account_id = p_account.id AND source = 'allowance' AND remaining > 0
+     WHERE account_id = p_account.id AND source = 'allowance' AND live
        AND (expires_at IS NULL OR expires_at > now()) AND period_start IS DISTINCT FROM p_start;
     PERFORM creditgate.expire_grants(p_account.id);
   END IF;
@@ -134,6 +134,7 @@ CREATE FUNCTION creditgate.claw_back(p_account_id text, p_grant_ref text, p_amou
 RETURNS bigint LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
   v_grant creditgate.grants;
+  v_balance creditgate.balances;
   v_available bigint;
   v_take bigint;
   v_paid bigint;
@@ -151,9 +152,10 @@ BEGIN
   v_paid := least(v_available - v_take, p_amount - v_take);
   UPDATE creditgate.balances
      SET available = available - v_take - v_paid, debt = debt + (p_amount - v_take - v_paid)
-   WHERE account_id = p_account_id AND key = 'credits';
+   WHERE account_id = p_account_id AND key = 'credits'
+  RETURNING * INTO v_balance;
   PERFORM creditgate.burn_grants(p_account_id, 'credits', v_paid);
-  PERFORM creditgate.journal(p_account_id, 'credits', 'clawback', -p_amount, v_grant.id, NULL, 'purchase', p_ref);
+  PERFORM creditgate.journal(v_balance, 'clawback', -p_amount, v_grant.id, NULL, 'purchase', p_ref);
   RETURN p_amount - v_take - v_paid;
 END
 $$;

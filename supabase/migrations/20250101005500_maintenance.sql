@@ -190,7 +190,7 @@ BEGIN
     JOIN creditgate.balances b ON b.account_id = g.account_id AND b.key = g.key
     JOIN creditgate.accounts a ON a.id = g.account_id
     -- Only what expire_grants can take: the part of a grant still reserved waits for its hold.
-    WHERE g.remaining > 0 AND g.expires_at <= now() AND b.available > 0
+    WHERE g.live AND g.expires_at <= now() AND b.available > 0
     ORDER BY g.expires_at LIMIT v_left
     FOR NO KEY UPDATE OF a SKIP LOCKED
   LOOP
@@ -244,7 +244,7 @@ BEGIN
     OR EXISTS (SELECT 1 FROM creditgate.reservations WHERE status = 'active' AND expires_at <= now())
     OR EXISTS (SELECT 1 FROM creditgate.grants g
                JOIN creditgate.balances b ON b.account_id = g.account_id AND b.key = g.key
-               WHERE g.remaining > 0 AND g.expires_at <= now() AND b.available > 0)
+               WHERE g.live AND g.expires_at <= now() AND b.available > 0)
     OR EXISTS (SELECT 1 FROM creditgate.guest_sessions WHERE expires_at <= now());
 
   RETURN jsonb_build_object(
