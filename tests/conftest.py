@@ -56,8 +56,9 @@ def _add_test_plans(dsn: str) -> None:
         conn.execute("""
             INSERT INTO creditgate.plans (id, name, price_minor, features, agents, allowances, rate_limit_per_minute,
                                           display_order)
-            SELECT 'test_open', 'Test open', 99999900, array_agg(DISTINCT f.id), (SELECT array_agg(id) FROM creditgate.agents),
-                   '{}', 0, 99 FROM creditgate.features f
+            SELECT 'test_open', 'Test open', 99999900, array_agg(DISTINCT f.id),
+                   (SELECT array_agg(id) FROM creditgate.agents), '{}', 0, 99
+            FROM creditgate.features f
             ON CONFLICT (id) DO NOTHING""")
 
 

@@ -16,9 +16,11 @@ This module is on the cold-start path of the ``usage`` function: stdlib and pyda
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from functions.core.schemas import MAX_TOKENS, TokenCount
 
 __all__ = [
     "MAX_TOKENS",
@@ -29,15 +31,7 @@ __all__ = [
     "normalize_usage",
 ]
 
-# A billion tokens in one call is far beyond any context window; the bound keeps a
-# corrupted or hostile count from turning into an absurd charge or an overflow in SQL.
-MAX_TOKENS = 1_000_000_000
-
 USAGE_FORMATS = ("openai", "openai_responses", "anthropic", "gemini")
-
-# Strict: 1.5, 12.0, True, "12" and NaN are refused rather than coerced, because a count
-# that arrives as anything but an integer means the caller sent the wrong object.
-TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 
 
 class UsageFormatError(ValueError):

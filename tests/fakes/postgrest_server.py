@@ -31,10 +31,11 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jwt
@@ -332,7 +333,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     # 32 clients connecting at once must not overflow the listen backlog (default 5).
     request_queue_size = 256
-    app: "FakePostgREST"
+    app: FakePostgREST
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -428,7 +429,7 @@ class FakePostgREST:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> "FakePostgREST":
+    def start(self) -> FakePostgREST:
         if self._httpd is not None:
             return self
         # Statements here are all one-off dynamic SQL; server-side prepares would only
@@ -468,7 +469,7 @@ class FakePostgREST:
         if pool is not None:
             pool.close()
 
-    def __enter__(self) -> "FakePostgREST":
+    def __enter__(self) -> FakePostgREST:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -618,7 +618,7 @@ def test_request_strings_are_quoted_not_executed(server, db):
 
 
 def test_32_concurrent_calls(server, db, service_client):
-    service_client.postgrest  # built once here, not raced by 32 threads
+    _ = service_client.postgrest  # built once here, not raced by 32 threads
     start_n = _scalar(db, "SELECT n FROM public.counter")
     sleep = 0.25
     barrier = threading.Barrier(32)

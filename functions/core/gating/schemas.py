@@ -4,8 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from functions.core.pricing import TokenCount
-from functions.core.schemas import AccountId, Balance, IdempotencyKey, ModelName, Quantity, Slug, Strict
+from functions.core.schemas import AccountId, Balance, IdempotencyKey, ModelName, Quantity, Slug, Strict, TokenCount
 
 
 class TokenEstimate(Strict):
