@@ -134,31 +134,40 @@ END
 $$;
 
 -- Takes `p_amount` of usage that happened: what is available pays, the rest becomes debt.
--- Returns the part that went to debt. The account lock is held, so reading `available`
--- here and writing it below cannot race.
+-- Settling a hold frees `p_freed` of the balance's reserved part in the same movement;
+-- what it frees pays outstanding debt first (burning grants for it), so debt > 0 stays
+-- only where nothing is available. Returns the part of `p_amount` that went to debt.
+-- The account lock is held, so reading the balance here and writing it below cannot race.
 CREATE FUNCTION creditgate.consume(
-  p_account_id text, p_key text, p_amount bigint, p_usage_id uuid DEFAULT NULL)
+  p_account_id text, p_key text, p_amount bigint, p_usage_id uuid DEFAULT NULL, p_freed bigint DEFAULT 0)
 RETURNS bigint LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
-  v_paid bigint;
+  v_pay_debt bigint := 0;
+  v_paid bigint := 0;
   v_balance creditgate.balances;
 BEGIN
-  IF p_amount <= 0 THEN
+  IF p_amount <= 0 AND p_freed <= 0 THEN
     RETURN 0;
   END IF;
-  SELECT least(available, p_amount) INTO v_paid FROM creditgate.balances
-  WHERE account_id = p_account_id AND key = p_key;
+  SELECT least(debt, p_freed), least(available + p_freed - least(debt, p_freed), greatest(p_amount, 0))
+  INTO v_pay_debt, v_paid
+  FROM creditgate.balances WHERE account_id = p_account_id AND key = p_key;
   IF NOT FOUND THEN
     PERFORM creditgate.ensure_balance(p_account_id, p_key);
+    v_pay_debt := 0;
     v_paid := 0;
   END IF;
   UPDATE creditgate.balances
-     SET available = available - v_paid, debt = debt + (p_amount - v_paid)
+     SET reserved = reserved - p_freed,
+         available = available + p_freed - v_pay_debt - v_paid,
+         debt = debt - v_pay_debt + (greatest(p_amount, 0) - v_paid)
    WHERE account_id = p_account_id AND key = p_key
   RETURNING * INTO v_balance;
-  PERFORM creditgate.burn_grants(p_account_id, p_key, v_paid);
-  PERFORM creditgate.journal(v_balance, 'consume', -p_amount, NULL, p_usage_id);
-  RETURN p_amount - v_paid;
+  PERFORM creditgate.burn_grants(p_account_id, p_key, v_pay_debt + v_paid);
+  IF p_amount > 0 THEN
+    PERFORM creditgate.journal(v_balance, 'consume', -p_amount, NULL, p_usage_id);
+  END IF;
+  RETURN greatest(p_amount, 0) - v_paid;
 END
 $$;
 

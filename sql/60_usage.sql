@@ -95,7 +95,6 @@ BEGIN
     -- charged to the balance all the same.
     IF v_res.status = 'active' THEN
       v_settling := true;
-      PERFORM creditgate.free_reserved(v_account_id, v_res.key, v_res.amount);
       UPDATE creditgate.reservations SET status = 'settled', usage_id = v_usage_id, closed_at = now()
        WHERE id = v_res.id;
     END IF;
@@ -116,7 +115,9 @@ BEGIN
     v_feature.balance_key, v_cost, v_pico, v_res.id, request -> 'metadata'
   FROM creditgate.settings s;
 
-  v_debt := creditgate.consume(v_account_id, v_feature.balance_key, v_cost, v_usage_id);
+  -- Settling frees the hold and charges the actual cost in one movement of the balance.
+  v_debt := creditgate.consume(v_account_id, v_feature.balance_key, v_cost, v_usage_id,
+                               CASE WHEN v_settling THEN v_res.amount ELSE 0 END);
   IF v_debt > 0 THEN
     UPDATE creditgate.usage_events SET debt_added = v_debt WHERE id = v_usage_id;
   END IF;

@@ -290,26 +290,11 @@ BEGIN
 END
 $$;
 
--- Frees `p_amount` of a balance's hold. If usage left debt meanwhile, what is freed pays it
--- first (the grants are burned for it), keeping debt > 0 only where nothing is available.
-CREATE FUNCTION creditgate.free_reserved(p_account_id text, p_key text, p_amount bigint)
-RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
-DECLARE
-  v_pay bigint;
-BEGIN
-  SELECT least(debt, p_amount) INTO v_pay FROM creditgate.balances
-  WHERE account_id = p_account_id AND key = p_key;
-  UPDATE creditgate.balances
-     SET reserved = reserved - p_amount, available = available + p_amount - v_pay, debt = debt - v_pay
-   WHERE account_id = p_account_id AND key = p_key;
-  PERFORM creditgate.burn_grants(p_account_id, p_key, v_pay);
-END
-$$;
-
 CREATE FUNCTION creditgate.close_reservation(p_reservation creditgate.reservations, p_status text)
 RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
-  PERFORM creditgate.free_reserved(p_reservation.account_id, p_reservation.key, p_reservation.amount);
+  -- Nothing consumed, the whole hold freed.
+  PERFORM creditgate.consume(p_reservation.account_id, p_reservation.key, 0, NULL, p_reservation.amount);
   UPDATE creditgate.reservations SET status = p_status, closed_at = now() WHERE id = p_reservation.id;
   PERFORM creditgate.expire_grants(p_reservation.account_id, p_reservation.key);
 END

@@ -125,6 +125,31 @@ class TestRelease:
         assert (line["available"], line["reserved"], line["debt"]) == (9 * MICRO, 0, 0)
         assert ledger.reconcile(account)["ok"], ledger.reconcile(account)
 
+    def test_settle_after_debt_pays_the_debt_from_the_freed_hold_then_charges(self, ledger, make_account, welcome):
+        account = make_account("test_open")
+        held = reserve(ledger, account, 10)
+        other = reserve(ledger, account, 1)
+        credits = welcome // MICRO
+        settle(ledger, other["reservation"]["id"], credits - 9)  # leaves 1 credit of debt, as above
+        # Settling the 10-credit hold at 3: the freed 10 pay the 1 of debt, 3 are charged, 6 stay.
+        usage = settle(ledger, held["reservation"]["id"], 3)
+        assert usage["overdraft"] is False
+        line = balance_line(ledger, account)
+        assert (line["available"], line["reserved"], line["debt"]) == (6 * MICRO, 0, 0)
+        assert ledger.reconcile(account)["ok"], ledger.reconcile(account)
+
+    def test_settle_above_a_hold_while_in_debt_adds_to_the_debt(self, ledger, make_account, welcome):
+        account = make_account("test_open")
+        held = reserve(ledger, account, 10)
+        other = reserve(ledger, account, 1)
+        credits = welcome // MICRO
+        settle(ledger, other["reservation"]["id"], credits - 9)  # 1 credit of debt
+        usage = settle(ledger, held["reservation"]["id"], 12)  # 10 freed: 1 pays the debt, 9 of 12 paid
+        assert usage["overdraft"] is True
+        line = balance_line(ledger, account)
+        assert (line["available"], line["reserved"], line["debt"]) == (0, 0, 3 * MICRO)
+        assert ledger.reconcile(account)["ok"], ledger.reconcile(account)
+
     def test_unknown_reservation_is_404(self, ledger):
         with pytest.raises(ProblemError) as error:
             ledger.release_reservation({"reservation_id": str(uuid.uuid4())})
