@@ -1,7 +1,10 @@
 """Cloud function `admin`: accounts, members, plan changes, grants and metrics (service key)."""
 
-from functions.core.accounts.endpoints import router
-from functions.core.app import create_app, lambda_handler
+from functions.core.lambda_init import init_phase
 
-app = create_app("admin", router)
-handler = lambda_handler(app)
+with init_phase():
+    from functions.core.accounts.endpoints import router
+    from functions.core.app import create_app, lambda_handler
+
+    app = create_app("admin", router)
+    handler = lambda_handler(app)

@@ -4,12 +4,16 @@ It also serves /openapi.json and /docs for the whole API: on AWS each function a
 only its own routes, so the document is built from every function's router, on first ask.
 """
 
-from fastapi.openapi.utils import get_openapi
+from functions.core.lambda_init import init_phase
 
-from functions.core.app import VERSION, create_app, lambda_handler
-from functions.core.reporting.endpoints import router
+with init_phase():
+    from fastapi.openapi.utils import get_openapi
 
-app = create_app("balance", router)
+    from functions.core.app import VERSION, create_app, lambda_handler
+    from functions.core.reporting.endpoints import router
+
+    app = create_app("balance", router)
+    handler = lambda_handler(app)
 
 
 def _openapi_of_every_function() -> dict:
@@ -26,4 +30,3 @@ def _openapi_of_every_function() -> dict:
 
 
 app.openapi = _openapi_of_every_function
-handler = lambda_handler(app)

@@ -1,12 +1,15 @@
 """Cloud function `scheduler`: maintenance on the EventBridge schedule, and
 POST /v1/cron/maintenance (Bearer CRON_SECRET) for cron services that call over HTTP."""
 
-from functions.core.app import create_app, lambda_handler
-from functions.core.maintenance.endpoints import router
-from functions.core.maintenance.scheduled import handle_scheduled, is_http_event
+from functions.core.lambda_init import init_phase
 
-app = create_app("scheduler", router)
-http_handler = lambda_handler(app)
+with init_phase():
+    from functions.core.app import create_app, lambda_handler
+    from functions.core.maintenance.endpoints import router
+    from functions.core.maintenance.scheduled import handle_scheduled, is_http_event
+
+    app = create_app("scheduler", router)
+    http_handler = lambda_handler(app)
 
 
 def handler(event, context):
