@@ -195,7 +195,8 @@ BEGIN
   END IF;
   -- The key is claimed, and a commit's usage row written, before the account is locked:
   -- a replay waits on the claim, not in the account's queue, and the lock is held for the
-  -- money part only. A denial rolls all of it back.
+  -- money part only. A denial rolls all of it back. No cycle can form: gate keys are
+  -- claimed by gate calls only, and a gate call holds no lock while it claims.
   IF v_mode <> 'check' THEN
     v_previous := creditgate.claim_idempotency(v_account_id, 'gate', v_idem, request);
     IF v_previous IS NOT NULL THEN

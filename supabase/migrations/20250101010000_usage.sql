@@ -50,16 +50,15 @@ BEGIN
     PERFORM creditgate.fail(422, 'unknown_agent', jsonb_build_object('agent', request ->> 'agent'));
   END IF;
 
-  IF v_account_id IS NULL THEN
-    PERFORM creditgate.fail(404, 'account_not_found', jsonb_build_object('account_id', NULL));
-  END IF;
-  -- Claimed before the lock, as the gate does: a replay waits on the claim, not in the
-  -- account's queue.
+  -- Unlike the gate, usage claims its key under the account lock: a batch holds the locks
+  -- of the accounts it has done while it claims the next event's key, and a claim taken
+  -- before waiting for a lock could close a cycle with it.
+  v_account := creditgate.lock_account(v_account_id);
   v_previous := creditgate.claim_idempotency(v_account_id, 'usage', v_idem, request);
   IF v_previous IS NOT NULL THEN
     RETURN v_previous || '{"replayed": true}';
   END IF;
-  v_account := creditgate.roll_period(creditgate.lock_account(v_account_id));
+  v_account := creditgate.roll_period(v_account);
   SELECT * INTO v_plan FROM creditgate.plans WHERE id = v_account.plan_id;
 
   IF request ->> 'model' IS NOT NULL AND v_feature.pricing_mode = 'model' THEN
