@@ -33,6 +33,16 @@ def settle(ledger, reservation_id: str, quantity: int, feature: str = "vm_minute
     )
 
 
+def hold_10_then_owe_1(ledger, account: str, welcome: int) -> str:
+    """A 10-credit hold stays open while other usage leaves 1 credit of debt; its id."""
+    held = reserve(ledger, account, 10)
+    other = reserve(ledger, account, 1)
+    # Everything but the 10 held is unreserved once the small hold settles: one credit more is debt.
+    settle(ledger, other["reservation"]["id"], welcome // MICRO - 9)
+    assert balance_line(ledger, account)["debt"] == MICRO
+    return held["reservation"]["id"]
+
+
 def balance_line(ledger, account: str, key: str = "credits") -> dict:
     return next(line for line in ledger.balance(account)["balances"] if line["key"] == key)
 
@@ -114,40 +124,28 @@ class TestRelease:
 
     def test_release_after_debt_pays_the_debt_first(self, ledger, make_account, welcome):
         account = make_account("test_open")
-        held = reserve(ledger, account, 10)
-        other = reserve(ledger, account, 1)
-        credits = welcome // MICRO
-        # 40 credits are unreserved once the small hold is freed: settling 41 leaves 1 of debt.
-        settle(ledger, other["reservation"]["id"], credits - 9)
-        assert balance_line(ledger, account)["debt"] == MICRO
-        ledger.release_reservation({"reservation_id": held["reservation"]["id"]})
+        held = hold_10_then_owe_1(ledger, account, welcome)
+        ledger.release_reservation({"reservation_id": held})
         line = balance_line(ledger, account)
         assert (line["available"], line["reserved"], line["debt"]) == (9 * MICRO, 0, 0)
         assert ledger.reconcile(account)["ok"], ledger.reconcile(account)
 
-    def test_settle_after_debt_pays_the_debt_from_the_freed_hold_then_charges(self, ledger, make_account, welcome):
+    @pytest.mark.parametrize(
+        ("cost", "overdraft", "after"),
+        [
+            (3, False, (6, 0, 0)),  # the freed 10 pay the 1 of debt, 3 are charged, 6 stay
+            (12, True, (0, 0, 3)),  # the freed 10 pay the 1 of debt and 9 of the 12; 3 are owed
+        ],
+    )
+    def test_settling_while_in_debt_pays_the_debt_from_the_freed_hold_first(
+        self, ledger, make_account, welcome, cost, overdraft, after
+    ):
         account = make_account("test_open")
-        held = reserve(ledger, account, 10)
-        other = reserve(ledger, account, 1)
-        credits = welcome // MICRO
-        settle(ledger, other["reservation"]["id"], credits - 9)  # leaves 1 credit of debt, as above
-        # Settling the 10-credit hold at 3: the freed 10 pay the 1 of debt, 3 are charged, 6 stay.
-        usage = settle(ledger, held["reservation"]["id"], 3)
-        assert usage["overdraft"] is False
+        held = hold_10_then_owe_1(ledger, account, welcome)
+        usage = settle(ledger, held, cost)
+        assert usage["overdraft"] is overdraft
         line = balance_line(ledger, account)
-        assert (line["available"], line["reserved"], line["debt"]) == (6 * MICRO, 0, 0)
-        assert ledger.reconcile(account)["ok"], ledger.reconcile(account)
-
-    def test_settle_above_a_hold_while_in_debt_adds_to_the_debt(self, ledger, make_account, welcome):
-        account = make_account("test_open")
-        held = reserve(ledger, account, 10)
-        other = reserve(ledger, account, 1)
-        credits = welcome // MICRO
-        settle(ledger, other["reservation"]["id"], credits - 9)  # 1 credit of debt
-        usage = settle(ledger, held["reservation"]["id"], 12)  # 10 freed: 1 pays the debt, 9 of 12 paid
-        assert usage["overdraft"] is True
-        line = balance_line(ledger, account)
-        assert (line["available"], line["reserved"], line["debt"]) == (0, 0, 3 * MICRO)
+        assert (line["available"], line["reserved"], line["debt"]) == tuple(x * MICRO for x in after)
         assert ledger.reconcile(account)["ok"], ledger.reconcile(account)
 
     def test_unknown_reservation_is_404(self, ledger):
