@@ -4,9 +4,12 @@
 -- minor units of their currency; model prices are bigint micro-USD per million tokens.
 CREATE SCHEMA IF NOT EXISTS creditgate;
 
+-- `checksum` is the sha256 of the file as applied: `creditgate migrate` refuses a database
+-- whose applied files have changed since (a change goes into a new file).
 CREATE TABLE creditgate.schema_migrations (
   version    text PRIMARY KEY,
-  applied_at timestamptz NOT NULL DEFAULT now()
+  applied_at timestamptz NOT NULL DEFAULT now(),
+  checksum   text
 );
 
 -- One row: the knobs of the offer, written by `creditgate catalog apply`.

@@ -8,6 +8,7 @@ runs as the `postgres` user (or `nobody`).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -140,9 +141,14 @@ def migrations() -> list[Path]:
     return sorted(SQL_DIR.glob("*.sql"))
 
 
+class MigrationChanged(RuntimeError):
+    """An applied sql/ file differs from what was applied: the database and the code disagree."""
+
+
 def migrate(dsn: str) -> list[str]:
     """Applies each sql/*.sql once, in order, each in its own transaction. The Supabase
-    compatibility script is skipped where Supabase already provides auth."""
+    compatibility script is skipped where Supabase already provides auth. Refuses to run
+    when a file applied before has changed since: that change would never reach the database."""
     import psycopg
 
     applied: list[str] = []
@@ -153,17 +159,38 @@ def migrate(dsn: str) -> list[str]:
             on_supabase = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'supabase_admin')"
             ).fetchone()[0]
-            for path in migrations():
+            done = _applied_checksums(conn)
+            files = [(path, path.read_text()) for path in migrations()]
+            changed = [
+                path.name
+                for path, text in files
+                if done.get(path.stem) not in (None, _checksum(text)) and path.stem != COMPAT_SCRIPT
+            ]
+            if changed:
+                raise MigrationChanged(
+                    f"{', '.join(changed)} changed after being applied to this database. An applied "
+                    "migration is never edited: put the change in a new sql/ file. (A local database "
+                    "from `make dev` can be dropped and rebuilt: `make clean && make dev`.)"
+                )
+            for path, text in files:
                 version = path.stem
                 if version == COMPAT_SCRIPT:
                     if not on_supabase:
-                        conn.execute(path.read_text())
+                        conn.execute(text)
                     continue
-                if version in _applied_versions(conn):
+                if version in done:
+                    if done[version] is None:  # recorded by `supabase db push` or an older creditgate
+                        conn.execute(
+                            "UPDATE creditgate.schema_migrations SET checksum = %s WHERE version = %s",
+                            [_checksum(text), version],
+                        )
                     continue
                 with conn.transaction():
-                    conn.execute(path.read_text())
-                    conn.execute("INSERT INTO creditgate.schema_migrations (version) VALUES (%s)", [version])
+                    conn.execute(text)
+                    conn.execute(
+                        "INSERT INTO creditgate.schema_migrations (version, checksum) VALUES (%s, %s)",
+                        [version, _checksum(text)],
+                    )
                 applied.append(version)
             conn.execute("SELECT creditgate.secure()")
         finally:
@@ -171,7 +198,13 @@ def migrate(dsn: str) -> list[str]:
     return applied
 
 
-def _applied_versions(conn) -> set[str]:
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _applied_checksums(conn) -> dict[str, str | None]:
     if conn.execute("SELECT to_regclass('creditgate.schema_migrations')").fetchone()[0] is None:
-        return set()
-    return {row[0] for row in conn.execute("SELECT version FROM creditgate.schema_migrations")}
+        return {}
+    # Databases migrated before checksums were kept lack the column; their rows start unknown.
+    conn.execute("ALTER TABLE creditgate.schema_migrations ADD COLUMN IF NOT EXISTS checksum text")
+    return dict(conn.execute("SELECT version, checksum FROM creditgate.schema_migrations").fetchall())

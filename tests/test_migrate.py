@@ -1,0 +1,65 @@
+"""`creditgate migrate`: every sql/ file once, in order, and never an applied file edited."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from functions.core.database import COMPAT_SCRIPT, MigrationChanged, migrate, migrations
+
+VERSIONS = [p.stem for p in migrations() if p.stem != COMPAT_SCRIPT]
+
+
+@pytest.fixture(scope="module")
+def database(dsn):
+    """A database of its own on the test server, migrated once."""
+    name = f"migrate_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+    assert migrate(url) == VERSIONS
+    yield url
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def checksums(url: str) -> dict[str, str | None]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute("SELECT version, checksum FROM creditgate.schema_migrations").fetchall())
+
+
+def execute(url: str, statement: str, *params) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement, params or None)
+
+
+class TestMigrate:
+    def test_records_a_checksum_per_file_and_has_nothing_more_to_do(self, database):
+        recorded = checksums(database)
+        assert sorted(recorded) == sorted(VERSIONS)
+        assert all(len(value or "") == 64 for value in recorded.values())
+        assert migrate(database) == []
+
+    def test_refuses_a_database_whose_applied_file_has_changed(self, database):
+        before = checksums(database)
+        execute(database, "UPDATE creditgate.schema_migrations SET checksum = 'edited' WHERE version = %s", VERSIONS[1])
+        try:
+            with pytest.raises(MigrationChanged, match=f"{VERSIONS[1]}.sql changed after being applied"):
+                migrate(database)
+        finally:
+            execute(
+                database,
+                "UPDATE creditgate.schema_migrations SET checksum = %s WHERE version = %s",
+                before[VERSIONS[1]],
+                VERSIONS[1],
+            )
+        assert migrate(database) == []
+
+    def test_fills_in_what_supabase_db_push_or_an_older_version_recorded_without_one(self, database):
+        before = checksums(database)
+        execute(database, "ALTER TABLE creditgate.schema_migrations DROP COLUMN checksum")
+        assert migrate(database) == []
+        assert checksums(database) == before
