@@ -149,7 +149,8 @@ BEGIN
   IF p_amount <= 0 AND p_freed <= 0 THEN
     RETURN 0;
   END IF;
-  SELECT least(debt, p_freed), least(available + p_freed - least(debt, p_freed), greatest(p_amount, 0))
+  p_amount := greatest(p_amount, 0);
+  SELECT least(debt, p_freed), least(available + p_freed - least(debt, p_freed), p_amount)
   INTO v_pay_debt, v_paid
   FROM creditgate.balances WHERE account_id = p_account_id AND key = p_key;
   IF NOT FOUND THEN
@@ -160,14 +161,14 @@ BEGIN
   UPDATE creditgate.balances
      SET reserved = reserved - p_freed,
          available = available + p_freed - v_pay_debt - v_paid,
-         debt = debt - v_pay_debt + (greatest(p_amount, 0) - v_paid)
+         debt = debt - v_pay_debt + (p_amount - v_paid)
    WHERE account_id = p_account_id AND key = p_key
   RETURNING * INTO v_balance;
   PERFORM creditgate.burn_grants(p_account_id, p_key, v_pay_debt + v_paid);
   IF p_amount > 0 THEN
     PERFORM creditgate.journal(v_balance, 'consume', -p_amount, NULL, p_usage_id);
   END IF;
-  RETURN greatest(p_amount, 0) - v_paid;
+  RETURN p_amount - v_paid;
 END
 $$;
 

@@ -10,21 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from functions.core.money import PRICE_FIELDS
+
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG_PATH = ROOT / "catalog.toml"
 REFERENCE_CSV = ROOT.parent / "shared" / "reference" / "model_prices.csv"
 
-PRICE_KEYS = (
-    "input_per_mtok",
-    "output_per_mtok",
-    "cached_input_per_mtok",
-    "reasoning_per_mtok",
-    "cache_write_per_mtok",
-    "long_context_input_per_mtok",
-    "long_context_output_per_mtok",
-    "long_context_cached_input_per_mtok",
-    "long_context_cache_write_per_mtok",
-)
 QUEST_BUCKETS = ("lead_generation", "goal_generation", "strategy_analysis", "forecast", "general")
 PLAN_ORDER = ("anonymous", "free", "starter", "pro", "business", "enterprise")
 
@@ -54,7 +45,7 @@ def _amounts(catalog: dict):
                 feature["pricing"]["credits_per_unit"],
             )
     for model in catalog["models"]:
-        for key in PRICE_KEYS:
+        for key in PRICE_FIELDS:
             if key in model:
                 yield f"models.{model['provider']}/{model['model']}.{key}", model[key]
 
@@ -254,7 +245,7 @@ def test_models(catalog):
             "model",
             "source",
             "long_context_threshold",
-            *PRICE_KEYS,
+            *PRICE_FIELDS,
         }, where
         assert model["input_per_mtok"] and model["output_per_mtok"], where
         assert model["source"], where
@@ -264,7 +255,7 @@ def test_models(catalog):
             # 1.25 x input is Anthropic's 5-minute cache write; a row that departs from
             # it must say where its figure comes from.
             assert write == base * Decimal("1.25") or "cache_creation_input_token_cost" in model["source"], where
-        long_prices = [k for k in model if k.startswith("long_context_") and k in PRICE_KEYS]
+        long_prices = [k for k in model if k.startswith("long_context_") and k in PRICE_FIELDS]
         if long_prices or "long_context_threshold" in model:
             assert type(model["long_context_threshold"]) is int, where
             assert model["long_context_threshold"] > 0, where

@@ -161,11 +161,8 @@ def migrate(dsn: str) -> list[str]:
             ).fetchone()[0]
             done = _applied_checksums(conn)
             files = [(path, path.read_text()) for path in migrations()]
-            changed = [
-                path.name
-                for path, text in files
-                if done.get(path.stem) not in (None, _checksum(text)) and path.stem != COMPAT_SCRIPT
-            ]
+            # The compatibility script is never recorded, so it never counts as changed.
+            changed = [path.name for path, text in files if done.get(path.stem) not in (None, _checksum(text))]
             if changed:
                 raise MigrationChanged(
                     f"{', '.join(changed)} changed after being applied to this database. An applied "
