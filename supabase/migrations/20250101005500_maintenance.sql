@@ -174,7 +174,9 @@ BEGIN
     SELECT a.* FROM creditgate.reservations r JOIN creditgate.accounts a ON a.id = r.account_id
     WHERE r.status = 'active' AND r.expires_at <= now()
     ORDER BY r.expires_at LIMIT v_left
-    FOR NO KEY UPDATE OF a SKIP LOCKED
+    -- Locking the hold too makes a row that another run settled meanwhile be re-checked
+    -- (and dropped) instead of passing on the version this statement first saw.
+    FOR NO KEY UPDATE OF a, r SKIP LOCKED
   LOOP
     CONTINUE WHEN v_account.id = ANY (v_seen);  -- one row per stale hold; the first did them all
     v_done := creditgate.maintain_account(v_account);
@@ -192,7 +194,7 @@ BEGIN
     -- Only what expire_grants can take: the part of a grant still reserved waits for its hold.
     WHERE g.live AND g.expires_at <= now() AND b.available > 0
     ORDER BY g.expires_at LIMIT v_left
-    FOR NO KEY UPDATE OF a SKIP LOCKED
+    FOR NO KEY UPDATE OF a, g, b SKIP LOCKED  -- re-checked on their latest versions, as above
   LOOP
     CONTINUE WHEN v_account.id = ANY (v_seen);
     v_done := creditgate.maintain_account(v_account);
