@@ -14,7 +14,7 @@ DECLARE
   v_usage_id uuid := gen_random_uuid();
   v_response jsonb;
 BEGIN
-  UPDATE creditgate.balances SET available = available - p_cost
+  UPDATE creditgate.balances SET available = available - p_cost, used_this_period = used_this_period + p_cost
    WHERE account_id = p_account_id AND key = 'credits' AND available >= p_cost
   RETURNING * INTO v_balance;
   IF NOT FOUND THEN

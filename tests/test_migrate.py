@@ -63,3 +63,47 @@ class TestMigrate:
         execute(database, "ALTER TABLE creditgate.schema_migrations DROP COLUMN checksum")
         assert migrate(database) == []
         assert checksums(database) == before
+
+
+class TestUpgrade:
+    def test_the_period_counters_are_filled_from_the_journal_of_a_database_in_use(self, dsn, monkeypatch):
+        from functions.core import database as db
+        from functions.core.catalog import apply_catalog
+        from functions.core.ledger.postgres import PostgresLedger
+
+        name = f"upgrade_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+        try:
+            every_file = migrations()
+            monkeypatch.setattr(db, "migrations", lambda: [p for p in every_file if p.stem < "96"])
+            migrate(url)  # the database as it was before the counters existed
+            ledger = PostgresLedger(url, max_size=1)
+            try:
+                apply_catalog(ledger)
+                ledger.ensure_account({"account_id": "in-use", "plan": "free"})
+                for key in ("a", "b"):
+                    ledger.gate(
+                        {
+                            "account_id": "in-use",
+                            "feature": "ai_message",
+                            "mode": "commit",
+                            "estimate": {"quantity": 50},
+                            "idempotency_key": key,
+                        }
+                    )
+            finally:
+                ledger.close()
+            monkeypatch.setattr(db, "migrations", lambda: every_file)
+            assert migrate(url) == ["96_used_this_period"]
+            with psycopg.connect(url) as conn:
+                counters = dict(
+                    conn.execute(
+                        "SELECT key, used_this_period FROM creditgate.balances WHERE account_id = 'in-use'"
+                    ).fetchall()
+                )
+            assert counters["credits"] == 20_000_000  # 2 × 50 messages at 0.2 credits
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

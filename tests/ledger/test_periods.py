@@ -78,3 +78,80 @@ class TestLazyRollover:
         ledger.release_reservation({"reservation_id": reservation["id"]})  # now the old allowance expires
         assert available(ledger, account) == welcome + 100 * MICRO
         assert ledger.reconcile(account)["ok"]
+
+
+def used(ledger, account: str, key: str = "credits") -> int:
+    return next(line["used_this_period"] for line in ledger.balance(account)["balances"] if line["key"] == key)
+
+
+def counter(sql, account: str, key: str = "credits") -> int:
+    """The stored counter, read without the balance call (which would roll an ended period)."""
+    return sql("SELECT used_this_period FROM creditgate.balances WHERE account_id = %s AND key = %s", account, key)[0][
+        0
+    ]
+
+
+def journal_used(sql, account: str, key: str = "credits") -> int:
+    """What the journal says the account consumed since its current period began."""
+    return sql(
+        "SELECT coalesce(-sum(e.amount), 0) FROM creditgate.ledger_entries e "
+        "JOIN creditgate.accounts a ON a.id = e.account_id "
+        "WHERE e.account_id = %s AND e.key = %s AND e.kind = 'consume' AND e.created_at >= a.period_start",
+        account,
+        key,
+    )[0][0]
+
+
+def backdate_journal(sql, account: str, months: int) -> None:
+    """Moves the account's journal lines back in time with its clock (tests only: the
+    journal is append-only, so the trigger that says so is bypassed for this one update)."""
+    sql("SET session_replication_role = replica")
+    sql(
+        "UPDATE creditgate.ledger_entries SET created_at = created_at - make_interval(months => %s) "
+        "WHERE account_id = %s",
+        months,
+        account,
+    )
+    sql("SET session_replication_role = DEFAULT")
+
+
+class TestUsedThisPeriod:
+    def test_every_charge_counts_and_a_reset_starts_again(self, ledger, make_account, sql):
+        account = make_account("free")
+        commit(ledger, account, feature="ai_message", quantity=100)  # 20 credits
+        ledger.gate(
+            {
+                "account_id": account,
+                "feature": "chat_tokens",
+                "mode": "commit",
+                "estimate": {"input_tokens": 300, "max_output_tokens": 200},
+                "idempotency_key": "tokens-1",
+            }
+        )
+        assert used(ledger, account) == 20 * MICRO == journal_used(sql, account)
+        assert used(ledger, account, "tokens") == 500 * MICRO == journal_used(sql, account, "tokens")
+        assert used(ledger, account, "requests") == MICRO  # chat_tokens counts one request
+        backdate_journal(sql, account, 1)
+        age(sql, account, 1)
+        assert counter(sql, account) == 20 * MICRO  # recounted: the aged period still holds them
+        commit(ledger, account, feature="ai_message", quantity=5)  # rolls the period, then 1 credit
+        assert used(ledger, account) == MICRO == journal_used(sql, account)
+        assert used(ledger, account, "tokens") == 0 and used(ledger, account, "requests") == 0
+
+    def test_usage_beyond_the_balance_counts_in_full(self, ledger, make_account, sql, welcome):
+        account = make_account("test_open")
+        spend = welcome + 100 * MICRO
+        ledger.record_usage(
+            {"account_id": account, "feature": "vm_minute", "quantity": spend // MICRO, "idempotency_key": "u"}
+        )
+        assert used(ledger, account) == spend == journal_used(sql, account)
+
+    def test_moving_the_period_recounts_from_the_journal(self, ledger, make_account, sql):
+        account = make_account("free")
+        commit(ledger, account, feature="ai_message", quantity=100)
+        start = sql("SELECT period_start FROM creditgate.accounts WHERE id = %s", account)[0][0]
+        # As Stripe's invoice.paid does: the period moves without a charge in between.
+        sql("UPDATE creditgate.accounts SET period_start = now() + interval '1 second' WHERE id = %s", account)
+        assert counter(sql, account) == 0
+        sql("UPDATE creditgate.accounts SET period_start = %s WHERE id = %s", start, account)
+        assert used(ledger, account) == 20 * MICRO == journal_used(sql, account)

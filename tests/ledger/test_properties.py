@@ -28,10 +28,12 @@ class Model:
     available: int
     reserved: int = 0
     debt: int = 0
+    used: int = 0  # consumed this period
     holds: list[tuple[str, int]] = field(default_factory=list)
     answers: list[tuple[dict, dict]] = field(default_factory=list)
 
     def take(self, amount: int) -> None:
+        self.used += amount
         paid = min(self.available, amount)
         self.available -= paid
         self.debt += amount - paid
@@ -68,6 +70,7 @@ def run(ledger, account: str, model: Model, op: str, n: int) -> None:
             return
         assert model.debt == 0 and model.available >= n * MICRO
         model.available -= n * MICRO
+        model.used += n * MICRO if op == "commit" else 0
         if op == "reserve":
             model.reserved += n * MICRO
             model.holds.append((answer["reservation"]["id"], n * MICRO))
@@ -102,4 +105,5 @@ def test_any_sequence_keeps_every_invariant(ledger, make_account, welcome, ops):
         assert report["ok"], (op, n, report["problems"])
     line = next(b for b in ledger.balance(account)["balances"] if b["key"] == "credits")
     assert (line["available"], line["reserved"], line["debt"]) == (model.available, model.reserved, model.debt)
+    assert line["used_this_period"] == model.used
     assert model.debt == 0 or model.available == 0
