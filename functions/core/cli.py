@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from functions.core.catalog import DEFAULT_CATALOG, apply_catalog
     from functions.core.database import migrate, start_local_postgres
 
+    # uvicorn stops gracefully on SIGTERM and then raises the signal again; as an exception
+    # it unwinds through the `finally` below, so the embedded PostgreSQL stops with us.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     STATE_DIR.mkdir(exist_ok=True)
     server = None
     if not os.environ.get("DATABASE_URL"):
