@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class BalanceLine(BaseModel):
@@ -11,7 +11,7 @@ class BalanceLine(BaseModel):
     reserved: str
     debt: str
     allowance: str
-    used_this_period: str
+    used_this_period: str = Field(description="charged to this key since period_start (credits as a decimal string)")
     period_start: str
     resets_at: str
     percent_used: float | None
@@ -23,7 +23,9 @@ class BalanceAnswer(BaseModel):
     plan: dict[str, str]
     balances: list[BalanceLine]
     low_balance: bool
-    runway_days: float | None
+    runway_days: float | None = Field(
+        description="days the available credits last at this period's average daily spend; null when nothing was spent"
+    )
 
 
 class Transaction(BaseModel):
