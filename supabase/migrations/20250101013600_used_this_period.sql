@@ -49,7 +49,8 @@ CREATE TRIGGER period_moved AFTER UPDATE OF period_start ON creditgate.accounts
 SELECT count(creditgate.recount_period_usage(id, period_start)) FROM creditgate.accounts;
 
 -- The functions that charge a balance add to the counter in their UPDATE; the ones that
--- read usage read it. Otherwise as they were.
+-- read usage read it. The gate's guarded debit and the strict request count, restated for
+-- that, become one helper, `charge`, instead of two copies.
 
 -- Takes `p_amount` of usage that happened: what is available pays, the rest becomes debt.
 -- Settling a hold frees `p_freed` of the balance's reserved part in the same movement;
@@ -91,32 +92,52 @@ BEGIN
 END
 $$;
 
--- Takes one unit of a second counted key (one `requests` per call) when the plan meters it.
+-- Gate-time charge of one key: the guarded UPDATE is the only check (a balance in debt has
+-- nothing available, so it fails too). A hold moves the amount to reserved; a spend burns
+-- grants, writes the journal line and counts toward the period.
+CREATE FUNCTION creditgate.charge(p_account_id text, p_key text, p_amount bigint, p_usage_id uuid,
+  p_hold boolean DEFAULT false)
+RETURNS creditgate.balances LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+  v_balance creditgate.balances;
+BEGIN
+  UPDATE creditgate.balances
+     SET available = available - p_amount,
+         reserved = reserved + CASE WHEN p_hold THEN p_amount ELSE 0 END,
+         used_this_period = used_this_period + CASE WHEN p_hold THEN 0 ELSE p_amount END
+   WHERE account_id = p_account_id AND key = p_key AND available >= greatest(p_amount, 1)
+  RETURNING * INTO v_balance;
+  IF NOT FOUND THEN
+    SELECT * INTO v_balance FROM creditgate.balances WHERE account_id = p_account_id AND key = p_key;
+    PERFORM creditgate.deny_short(p_key, p_amount, v_balance);
+  END IF;
+  IF NOT p_hold THEN
+    PERFORM creditgate.burn_grants(p_account_id, p_key, p_amount);
+    PERFORM creditgate.journal(v_balance, 'consume', -p_amount, NULL, p_usage_id);
+  END IF;
+  RETURN v_balance;
+END
+$$;
+
+-- Takes one unit of a second counted key (one `requests` per call) when the plan meters it:
+-- as usage that happened (debt if short) for a call recorded without a gate call, or, with
+-- p_strict, refused when short, as the gate charges it.
 CREATE OR REPLACE FUNCTION creditgate.count_request(p_account creditgate.accounts, p_plan creditgate.plans,
   p_key text, p_usage_id uuid, p_strict boolean)
 RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
-DECLARE
-  v_balance creditgate.balances;
 BEGIN
   IF p_key IS NULL OR NOT (p_plan.allowances ? p_key) THEN
     RETURN;
   END IF;
-  IF NOT p_strict THEN
+  IF p_strict THEN
+    PERFORM creditgate.charge(p_account.id, p_key, 1000000, p_usage_id);
+  ELSE
     PERFORM creditgate.consume(p_account.id, p_key, 1000000, p_usage_id);
-    RETURN;
   END IF;
-  UPDATE creditgate.balances SET available = available - 1000000, used_this_period = used_this_period + 1000000
-   WHERE account_id = p_account.id AND key = p_key AND available >= 1000000
-  RETURNING * INTO v_balance;
-  IF NOT FOUND THEN
-    SELECT * INTO v_balance FROM creditgate.balances WHERE account_id = p_account.id AND key = p_key;
-    PERFORM creditgate.deny_short(p_key, 1000000, v_balance);
-  END IF;
-  PERFORM creditgate.burn_grants(p_account.id, p_key, 1000000);
-  PERFORM creditgate.journal(v_balance, 'consume', -1000000, NULL, p_usage_id);
 END
 $$;
 
+-- The gate of 50_gate.sql, charging through `charge`.
 CREATE OR REPLACE FUNCTION public.creditgate_gate(request jsonb)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
@@ -212,27 +233,12 @@ BEGIN
         PERFORM creditgate.deny_short(v_feature.balance_key, v_cost, v_balance);
       END IF;
     ELSE
-      -- Debt blocks too: a balance in debt has available = 0, which fails the guard.
-      UPDATE creditgate.balances
-         SET available = available - v_cost,
-             reserved = reserved + CASE WHEN v_mode = 'reserve' THEN v_cost ELSE 0 END,
-             used_this_period = used_this_period + CASE WHEN v_mode = 'commit' THEN v_cost ELSE 0 END
-       WHERE account_id = v_account_id AND key = v_feature.balance_key
-         AND available >= greatest(v_cost, 1)
-      RETURNING * INTO v_balance;
-      IF NOT FOUND THEN
-        SELECT * INTO v_balance FROM creditgate.balances
-        WHERE account_id = v_account_id AND key = v_feature.balance_key;
-        PERFORM creditgate.deny_short(v_feature.balance_key, v_cost, v_balance);
-      END IF;
+      v_balance := creditgate.charge(v_account_id, v_feature.balance_key, v_cost, v_usage_id, v_mode = 'reserve');
       IF v_mode = 'reserve' THEN
         INSERT INTO creditgate.reservations (account_id, key, amount, feature_id, model, expires_at)
         VALUES (v_account_id, v_feature.balance_key, v_cost, v_feature.id, request ->> 'model',
                 now() + make_interval(secs => coalesce((request ->> 'ttl_seconds')::integer, v_ttl)))
         RETURNING jsonb_build_object('id', id, 'amount', amount, 'expires_at', expires_at) INTO v_reservation;
-      ELSE
-        PERFORM creditgate.burn_grants(v_account_id, v_feature.balance_key, v_cost);
-        PERFORM creditgate.journal(v_balance, 'consume', -v_cost, NULL, v_usage_id);
       END IF;
       PERFORM creditgate.count_request(v_account, v_plan, v_feature.requests_key, v_usage_id, true);
     END IF;
