@@ -96,7 +96,7 @@ class TestUpgrade:
             finally:
                 ledger.close()
             monkeypatch.setattr(db, "migrations", lambda: every_file)
-            assert migrate(url) == ["96_used_this_period"]
+            assert migrate(url) == [v for v in VERSIONS if v >= "96"]
             with psycopg.connect(url) as conn:
                 counters = dict(
                     conn.execute(

@@ -9,9 +9,10 @@ ALTER TABLE creditgate.balances
   ADD COLUMN used_this_period bigint NOT NULL DEFAULT 0 CHECK (used_this_period >= 0);
 
 -- Counts the account's consumption since `p_since` again from the journal, for every key.
--- Lines are walked newest first and the walk stops an hour before `p_since`: a line's
--- created_at is its transaction's start, so ids and times may disagree by a transaction's
--- length, never by an hour. The work is the lines of the new period, not the history.
+-- Lines are walked newest first and the walk stops five minutes before `p_since`: a line's
+-- created_at is its transaction's start, and one account's lines are written in the order
+-- its calls got the account lock, so ids and times disagree by a call's wait for that lock,
+-- never by minutes. The work is the lines written since then, not the history.
 CREATE FUNCTION creditgate.recount_period_usage(p_account_id text, p_since timestamptz)
 RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
@@ -21,7 +22,7 @@ BEGIN
   FOR v_line IN
     SELECT id, created_at FROM creditgate.ledger_entries WHERE account_id = p_account_id ORDER BY id DESC
   LOOP
-    EXIT WHEN v_line.created_at < p_since - interval '1 hour';
+    EXIT WHEN v_line.created_at < p_since - interval '5 minutes';
     v_from := v_line.id;
   END LOOP;
   UPDATE creditgate.balances b
@@ -81,7 +82,9 @@ BEGIN
      SET reserved = reserved - p_freed,
          available = available + p_freed - v_pay_debt - v_paid,
          debt = debt - v_pay_debt + (p_amount - v_paid),
-         used_this_period = used_this_period + p_amount
+         -- Counted unless the call began before the current period (see charge).
+         used_this_period = used_this_period + CASE WHEN now() >= (
+           SELECT period_start FROM creditgate.accounts WHERE id = p_account_id) THEN p_amount ELSE 0 END
    WHERE account_id = p_account_id AND key = p_key
   RETURNING * INTO v_balance;
   PERFORM creditgate.burn_grants(p_account_id, p_key, v_pay_debt + v_paid);
@@ -104,7 +107,10 @@ BEGIN
   UPDATE creditgate.balances
      SET available = available - p_amount,
          reserved = reserved + CASE WHEN p_hold THEN p_amount ELSE 0 END,
-         used_this_period = used_this_period + CASE WHEN p_hold THEN 0 ELSE p_amount END
+         -- A call that began before the current period (it waited for the lock while another
+         -- call opened the period) has its journal line dated in the period before: not counted.
+         used_this_period = used_this_period + CASE WHEN NOT p_hold AND now() >= (
+           SELECT period_start FROM creditgate.accounts WHERE id = p_account_id) THEN p_amount ELSE 0 END
    WHERE account_id = p_account_id AND key = p_key AND available >= greatest(p_amount, 1)
   RETURNING * INTO v_balance;
   IF NOT FOUND THEN
@@ -295,8 +301,9 @@ BEGIN
               ELSE 'ok' END) ORDER BY key <> 'credits', key)
   INTO v_balances FROM rows;
 
-  -- Runway at this period's average daily spend (a period younger than a day counts as one).
-  SELECT available, used_this_period / greatest(extract(epoch FROM now() - v_account.period_start) / 86400, 1)
+  -- Runway at this period's average daily spend, averaged over at least a week so that a
+  -- burst on the period's first day does not read as the daily rate.
+  SELECT available, used_this_period / greatest(extract(epoch FROM now() - v_account.period_start) / 86400, 7)
   INTO v_credits, v_burn FROM creditgate.balances WHERE account_id = v_account.id AND key = 'credits';
 
   RETURN jsonb_build_object(
@@ -413,6 +420,47 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
          'sessions', sessions, 'exchanges', exchanges) ORDER BY sessions DESC), '[]')
        FROM creditgate.guest_ip_days d, span, creditgate.settings s
        WHERE d.day >= (span.since AT TIME ZONE 'UTC')::date AND d.sessions > s.abuse_sessions_per_ip));
+$$;
+
+-- Every invariant of DESIGN.md, per (account, key): H = available + reserved,
+-- reserved = what active reservations hold, debt only where nothing is available, and the
+-- journal summing (and its last line pointing) to H - D, and the period's usage counter
+-- agreeing with the period's `consume` lines.
+CREATE OR REPLACE FUNCTION public.creditgate_reconcile(request jsonb)
+RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
+  WITH b AS (
+    SELECT * FROM creditgate.balances
+    WHERE request ->> 'account_id' IS NULL OR account_id = request ->> 'account_id'
+  ), facts AS (
+    SELECT b.account_id, b.key, b.available, b.reserved, b.debt,
+      coalesce((SELECT sum(remaining) FROM creditgate.grants g
+                WHERE g.account_id = b.account_id AND g.key = b.key), 0) AS held,
+      coalesce((SELECT sum(amount) FROM creditgate.reservations r
+                WHERE r.account_id = b.account_id AND r.key = b.key AND r.status = 'active'), 0) AS reserved_by_holds,
+      coalesce((SELECT sum(amount) FROM creditgate.ledger_entries e
+                WHERE e.account_id = b.account_id AND e.key = b.key), 0) AS journal_sum,
+      (SELECT balance_after FROM creditgate.ledger_entries e
+       WHERE e.account_id = b.account_id AND e.key = b.key ORDER BY id DESC LIMIT 1) AS journal_last,
+      b.used_this_period,
+      coalesce((SELECT -sum(e.amount) FROM creditgate.ledger_entries e JOIN creditgate.accounts a ON a.id = e.account_id
+                WHERE e.account_id = b.account_id AND e.key = b.key AND e.kind = 'consume'
+                  AND e.created_at >= a.period_start), 0) AS used_by_journal
+    FROM b
+  ), problems AS (
+    SELECT account_id, key, problem FROM facts, LATERAL (VALUES
+      (CASE WHEN held <> available + reserved THEN 'grants_hold_' || held || '_but_available_plus_reserved_is_' || (available + reserved) END),
+      (CASE WHEN reserved <> reserved_by_holds THEN 'reserved_' || reserved || '_but_active_holds_are_' || reserved_by_holds END),
+      (CASE WHEN debt > 0 AND available > 0 THEN 'debt_with_available_credits' END),
+      (CASE WHEN journal_sum <> held - debt THEN 'journal_sums_to_' || journal_sum || '_not_' || (held - debt) END),
+      (CASE WHEN coalesce(journal_last, 0) <> held - debt THEN 'last_journal_line_says_' || coalesce(journal_last, 0) || '_not_' || (held - debt) END),
+      (CASE WHEN used_this_period <> used_by_journal THEN 'used_this_period_' || used_this_period || '_but_journal_says_' || used_by_journal END)
+    ) v(problem) WHERE problem IS NOT NULL
+  )
+  SELECT jsonb_build_object(
+    'ok', NOT EXISTS (SELECT 1 FROM problems),
+    'balances_checked', (SELECT count(*) FROM b),
+    'problems', (SELECT coalesce(jsonb_agg(jsonb_build_object('account_id', account_id, 'key', key,
+                   'problem', problem)), '[]') FROM problems));
 $$;
 
 SELECT creditgate.secure();

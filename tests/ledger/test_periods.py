@@ -106,13 +106,15 @@ def backdate_journal(sql, account: str, months: int) -> None:
     """Moves the account's journal lines back in time with its clock (tests only: the
     journal is append-only, so the trigger that says so is bypassed for this one update)."""
     sql("SET session_replication_role = replica")
-    sql(
-        "UPDATE creditgate.ledger_entries SET created_at = created_at - make_interval(months => %s) "
-        "WHERE account_id = %s",
-        months,
-        account,
-    )
-    sql("SET session_replication_role = DEFAULT")
+    try:
+        sql(
+            "UPDATE creditgate.ledger_entries SET created_at = created_at - make_interval(months => %s) "
+            "WHERE account_id = %s",
+            months,
+            account,
+        )
+    finally:
+        sql("SET session_replication_role = DEFAULT")
 
 
 class TestUsedThisPeriod:
@@ -155,3 +157,64 @@ class TestUsedThisPeriod:
         assert counter(sql, account) == 0
         sql("UPDATE creditgate.accounts SET period_start = %s WHERE id = %s", start, account)
         assert used(ledger, account) == 20 * MICRO == journal_used(sql, account)
+
+    def test_reconcile_reports_a_counter_that_disagrees_with_the_journal(self, ledger, make_account, sql):
+        account = make_account("free")
+        commit(ledger, account, feature="ai_message", quantity=100)
+        assert ledger.reconcile(account)["ok"]
+        drift = (
+            "UPDATE creditgate.balances SET used_this_period = used_this_period + %s "
+            "WHERE account_id = %s AND key = 'credits'"
+        )
+        sql(drift, 1, account)
+        try:
+            problems = ledger.reconcile(account)["problems"]
+        finally:
+            sql(drift, -1, account)  # other tests reconcile every balance
+        assert [p["problem"] for p in problems] == [f"used_this_period_{20 * MICRO + 1}_but_journal_says_{20 * MICRO}"]
+
+    def test_runway_is_the_credits_left_at_this_periods_daily_spend_over_at_least_a_week(
+        self, ledger, make_account, sql, welcome
+    ):
+        account = make_account("free")
+        assert ledger.balance(account)["runway_days"] is None  # nothing spent yet
+        commit(ledger, account, feature="ai_message", quantity=350)  # 70 credits on the first day
+        left = welcome + 30 * MICRO
+        assert ledger.balance(account)["runway_days"] == round(left / (70 * MICRO / 7), 1)
+        # Ten days into the period the same spend is 7 credits a day.
+        sql(
+            "UPDATE creditgate.accounts SET period_anchor = period_anchor - interval '10 days', "
+            "period_start = period_start - interval '10 days' WHERE id = %s",
+            account,
+        )
+        assert ledger.balance(account)["runway_days"] == round(left / (7 * MICRO), 1)
+
+    def test_a_call_that_began_before_the_period_belongs_to_the_period_before(self, ledger, make_account, dsn, sql):
+        import psycopg
+        from psycopg.types.json import Jsonb
+
+        account = make_account("free")
+        with psycopg.connect(dsn) as call:
+            call.execute("SELECT now()")  # the call's transaction begins: its lines are dated now
+            with psycopg.connect(dsn, autocommit=True) as other:  # meanwhile a new period opens
+                other.execute(
+                    "UPDATE creditgate.accounts SET period_start = clock_timestamp() WHERE id = %s", [account]
+                )
+            answer = call.execute(
+                "SELECT public.creditgate_gate(%s)",
+                [
+                    Jsonb(
+                        {
+                            "account_id": account,
+                            "feature": "ai_message",
+                            "mode": "commit",
+                            "estimate": {"quantity": 100},
+                            "idempotency_key": "late",
+                        }
+                    )
+                ],
+            ).fetchone()[0]
+            call.commit()
+        assert answer["allowed"] and answer["charged"] == 20 * MICRO
+        assert used(ledger, account) == 0 == journal_used(sql, account)
+        assert ledger.reconcile(account)["ok"]
