@@ -276,7 +276,8 @@ class Bench:
                 run = suite[layout]["runs"][script]
                 log(
                     f"{label:>17} | {SCRIPTS[script]:<22} {run['tps'] or 0:9.1f} tx/s "
-                    f"(avg {run['latency_avg_ms']} ms, {run['wal_bytes_per_tx']} WAL bytes/tx)"
+                    f"(avg {run['latency_avg_ms']} ms, {run['server_cpu_us_per_tx']} µs server CPU/tx, "
+                    f"{run['wal_bytes_per_tx']} WAL bytes/tx)"
                 )
             runs = suite[layout]["runs"]
             base = runs["baseline"]["tps"] or 0
@@ -312,6 +313,7 @@ class Bench:
                    WHERE key = 'credits' AND account_id LIKE 'bench-%'"""
             )
         before_writes = self.table_writes()
+        before_cpu = self.server_cpu_seconds()
         before_lsn = self.one("SELECT pg_current_wal_lsn()::text")
         usage_before = self.one("SELECT count(*) FROM creditgate.usage_events")
         result = self.pgbench(script, accounts, seconds)
@@ -320,6 +322,12 @@ class Bench:
         after_writes = self.table_writes()
         tx = result["transactions"] or 0
         result["wal_bytes_per_tx"] = round(wal / tx) if tx else None
+        after_cpu = self.server_cpu_seconds()
+        result["server_cpu_us_per_tx"] = (
+            round((after_cpu - before_cpu) / tx * 1e6)
+            if tx and after_cpu is not None and before_cpu is not None
+            else None
+        )
         result["rows_written_per_tx"] = (
             {
                 table: round((after_writes.get(table, 0) - before_writes.get(table, 0)) / tx, 2)
@@ -342,6 +350,18 @@ class Bench:
                    WHERE b.account_id = s.account_id AND b.key = 'credits' AND b.available <> s.available"""
             )
         return result
+
+    def server_cpu_seconds(self) -> float | None:
+        """CPU time (user + system) of every backend that has exited, from the postmaster's
+        reaped-children counters: pgbench's connections end with the run, so the difference
+        around a run is what the server spent on it. Steadier than tx/s on a shared machine.
+        Linux only."""
+        try:
+            pid = int((self.tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime + cstime
 
     def profile(self) -> None:
         """Time per SQL function (track_functions = 'all') during short gate and pair runs."""
@@ -843,14 +863,17 @@ def report(results: dict[str, Any]) -> str:
             f"## 1. RPC throughput (pgbench, {p['clients']} clients, {p['threads']} threads, "
             f"{p['seconds_per_run']} s per run, -M prepared)\n"
         )
-        out.append("| accounts | script | tx/s | avg latency ms | WAL bytes/tx | × baseline | target | |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---|")
+        out.append(
+            "| accounts | script | tx/s | avg latency ms | server CPU µs/tx | WAL bytes/tx | × baseline | target | |"
+        )
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
         for layout in p["layouts"].values():
             for script, run in layout["runs"].items():
                 ratio = layout["ratios"].get(script)
                 out.append(
                     f"| {layout['label']} | {SCRIPTS[script]} | {run['tps'] or 0:,.0f} | {run['latency_avg_ms']} | "
-                    f"{run['wal_bytes_per_tx']} | {ratio['ratio'] if ratio else '1'} | "
+                    f"{run.get('server_cpu_us_per_tx')} | {run['wal_bytes_per_tx']} | "
+                    f"{ratio['ratio'] if ratio else '1'} | "
                     f"{'≥ ' + str(ratio['target']) if ratio and ratio['target'] else ''} | "
                     f"{yes(ratio['met']) if ratio and ratio['target'] else ''} |"
                 )
