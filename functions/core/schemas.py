@@ -27,6 +27,7 @@ class Strict(BaseModel):
 
 
 class Balance(BaseModel):
+    """The balance a gate answer shows (API.md: key and available; a gate that passed has no debt)."""
+
     key: str
     available: str
-    debt: str | None = None

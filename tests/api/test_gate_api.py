@@ -33,7 +33,8 @@ class TestPostGate:
         # 1200 x 0.15 + 800 x 0.6 USD/Mtok = 0.00066 USD -> x 100 credits/USD x 1.5 markup
         assert body["cost_estimate"] == "0.099"
         assert body["reservation"]["amount"] == "0.099" and body["reservation"]["id"]
-        assert body["balance"]["key"] == "credits" and body["warnings"] == []
+        assert set(body["balance"]) == {"key", "available"} and body["balance"]["key"] == "credits"
+        assert body["warnings"] == []
 
     def test_replay_returns_the_first_answer(self, client, service_headers, make_account):
         account = make_account("free")
