@@ -66,7 +66,7 @@ class TestMigrate:
 
 
 class TestUpgrade:
-    def test_the_period_counters_are_filled_from_the_journal_of_a_database_in_use(self, dsn, monkeypatch):
+    def test_a_database_in_use_gets_its_period_counters_and_no_notice_backlog(self, dsn, monkeypatch):
         from functions.core import database as db
         from functions.core.catalog import apply_catalog
         from functions.core.ledger.postgres import PostgresLedger
@@ -93,6 +93,11 @@ class TestUpgrade:
                             "idempotency_key": key,
                         }
                     )
+                with psycopg.connect(url, autocommit=True) as conn:  # a notice from before delivery existed
+                    conn.execute(
+                        "INSERT INTO creditgate.notices (account_id, key, kind, period_start) "
+                        "VALUES ('in-use', 'credits', 'allowance_75', now())"
+                    )
             finally:
                 ledger.close()
             monkeypatch.setattr(db, "migrations", lambda: every_file)
@@ -104,6 +109,9 @@ class TestUpgrade:
                     ).fetchall()
                 )
             assert counters["credits"] == 20_000_000  # 2 × 50 messages at 0.2 credits
+            with psycopg.connect(url) as conn:
+                backlog = conn.execute("SELECT count(*) FROM creditgate.notices WHERE delivered_at IS NULL").fetchone()
+            assert backlog == (0,)  # an upgrade does not mail out old notices
         finally:
             with psycopg.connect(dsn, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

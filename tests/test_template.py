@@ -71,7 +71,7 @@ SECRETS_OF: dict[str, set[str]] = {
     "admin": LEDGER | {"CREDITGATE_SERVICE_KEYS"},
     "checkout": LEDGER | {"SUPABASE_JWT_SECRET", "CREDITGATE_SERVICE_KEYS", "STRIPE_SECRET_KEY"},
     "webhook": LEDGER | {"STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"},
-    "scheduler": LEDGER | {"CRON_SECRET"},
+    "scheduler": LEDGER | {"CRON_SECRET", "CREDITGATE_NOTICES_WEBHOOK_SECRET"},
 }
 SECRET_NAMES = set().union(*SECRETS_OF.values())
 # Template parameter holding the reference of each secret.
@@ -84,6 +84,7 @@ SECRET_PARAMETER = {
     "STRIPE_WEBHOOK_SECRET": "StripeWebhookSecretSecret",
     "CREDITGATE_SERVICE_KEYS": "ServiceKeysSecret",
     "CRON_SECRET": "CronSecretSecret",
+    "CREDITGATE_NOTICES_WEBHOOK_SECRET": "NoticesWebhookSecretSecret",
 }
 MINIMAL_PARAMETERS = {
     "DatabaseUrlSecret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:creditgate/prod/database-url-AbCdEf",

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str | None = Field(None, validation_alias=_alias("STRIPE_WEBHOOK_SECRET"))
     stripe_api_base: str | None = None  # a Stripe-compatible test server; never set in production
     cron_secret: str | None = Field(None, validation_alias=_alias("CRON_SECRET"))
+    # Threshold notices are posted here after each maintenance run, signed with the secret.
+    notices_webhook_url: str | None = None
+    notices_webhook_secret: str | None = None
 
     # Plain keys, or "sha256:<hex>" digests so the real keys need not sit in the environment.
     service_keys: str = ""
@@ -71,6 +74,10 @@ class Settings(BaseSettings):
                     raise ValueError("CREDITGATE_SERVICE_KEYS: keys must be at least 24 characters")
             if self.cron_secret is not None and len(self.cron_secret) < 16:
                 raise ValueError("CRON_SECRET must be at least 16 characters")
+            if self.notices_webhook_url and not self.notices_webhook_url.startswith("https://"):
+                raise ValueError("CREDITGATE_NOTICES_WEBHOOK_URL must be https://")
+        if self.notices_webhook_url and len(self.notices_webhook_secret or "") < 16:
+            raise ValueError("CREDITGATE_NOTICES_WEBHOOK_SECRET (at least 16 characters) signs the notices webhook")
         return self
 
     @property

@@ -78,6 +78,12 @@ class Ledger(ABC):
     def apply_catalog(self, document: dict) -> dict:
         return self.rpc("creditgate_apply_catalog", document)
 
+    def lease_notices(self, limit: int) -> list[dict]:
+        return self.rpc("creditgate_lease_notices", {"limit": limit})["notices"]
+
+    def notices_delivered(self, ids: list[int]) -> int:
+        return self.rpc("creditgate_notices_delivered", {"ids": ids})["delivered"]
+
     # Money in: checkout orders and Stripe events.
     def create_order(self, request: dict) -> dict:
         return self.rpc("creditgate_create_order", request)

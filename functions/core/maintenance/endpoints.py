@@ -34,16 +34,21 @@ Limit = Annotated[int, Query(ge=1, le=5000, description="accounts per batch")]
 Batches = Annotated[int, Query(ge=1, le=100, description="batches at most in this call")]
 DESCRIPTION = (
     "Grants due period allowances, expires ended allowances and stale reservations, deletes expired "
-    "guest sessions and records threshold notices, in bounded batches; `more` says work is left."
+    "guest sessions and records threshold notices, in bounded batches; `more` says work is left. "
+    "With CREDITGATE_NOTICES_WEBHOOK_URL set, the notices are then posted there, signed."
 )
 
 
 @router.post("/v1/cron/maintenance", response_model=MaintenanceAnswer, description=DESCRIPTION)
-def post_maintenance(_: CronDep, ledger: LedgerDep, limit: Limit = DEFAULT_LIMIT, max_batches: Batches = 10) -> dict:
+def post_maintenance(
+    _: CronDep, ledger: LedgerDep, settings: SettingsDep, limit: Limit = DEFAULT_LIMIT, max_batches: Batches = 10
+) -> dict:
     # Under API Gateway's 30 s and Vercel's function limit, with room for the last batch.
-    return run_maintenance(ledger, limit=limit, max_batches=max_batches, seconds=20.0)
+    return run_maintenance(ledger, settings, limit=limit, max_batches=max_batches, seconds=20.0)
 
 
 @router.get("/v1/cron/maintenance", response_model=MaintenanceAnswer, description=DESCRIPTION)
-def get_maintenance(_: CronDep, ledger: LedgerDep, limit: Limit = DEFAULT_LIMIT, max_batches: Batches = 10) -> dict:
-    return run_maintenance(ledger, limit=limit, max_batches=max_batches, seconds=20.0)
+def get_maintenance(
+    _: CronDep, ledger: LedgerDep, settings: SettingsDep, limit: Limit = DEFAULT_LIMIT, max_batches: Batches = 10
+) -> dict:
+    return run_maintenance(ledger, settings, limit=limit, max_batches=max_batches, seconds=20.0)

@@ -1,6 +1,7 @@
 """Runs maintenance batches until the work is done, a batch cap is reached, or the time
 budget is spent. Each batch is one RPC and one transaction, so the account locks a
-batch holds are released before the next one starts."""
+batch holds are released before the next one starts. Then, when a webhook is configured,
+the recorded notices go out in what is left of the budget."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 from typing import Any
 
 from functions.core.ledger import Ledger
+from functions.core.maintenance.notify import deliver_notices
+from functions.core.settings import Settings
 
 COUNTS = ("allowances_granted", "grants_expired", "reservations_expired", "guest_sessions_deleted", "notices")
 # Work a batch did that the counts above do not show.
@@ -16,7 +19,12 @@ DEFAULT_LIMIT = 500
 
 
 def run_maintenance(
-    ledger: Ledger, *, limit: int = DEFAULT_LIMIT, max_batches: int = 10, seconds: float = 20.0
+    ledger: Ledger,
+    settings: Settings | None = None,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    max_batches: int = 10,
+    seconds: float = 20.0,
 ) -> dict[str, Any]:
     totals: dict[str, Any] = dict.fromkeys((*COUNTS, *PROGRESS), 0) | {"batches": 0, "more": True}
     started = time.monotonic()
@@ -36,4 +44,6 @@ def run_maintenance(
         # Stop before a batch as slow as the slowest so far would overrun the budget.
         if time.monotonic() - started + slowest > seconds:
             break
+    if settings is not None:
+        totals |= deliver_notices(ledger, settings, seconds=max(seconds - (time.monotonic() - started), 1.0))
     return totals

@@ -69,7 +69,7 @@ def handle_scheduled(app: FastAPI, event: Any, context: Any) -> dict[str, Any]:
     seconds = max(remaining - SAFETY_SECONDS, 1.0)
     event_id = event.get("id") if isinstance(event, dict) else None
     try:
-        answer = run_maintenance(_ledger(app), limit=limit, max_batches=1000, seconds=seconds)
+        answer = run_maintenance(_ledger(app), app.state.settings, limit=limit, max_batches=1000, seconds=seconds)
     except Exception:
         # Re-raised so Lambda retries the event and then sends it to the dead-letter queue.
         logger.exception("maintenance failed (event %s)", event_id)

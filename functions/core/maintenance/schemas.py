@@ -15,3 +15,5 @@ class MaintenanceAnswer(BaseModel):
     accounts: int = Field(0, description="accounts worked on")
     usage_lines_checked: int = Field(0, description="usage journal lines checked for notices for good")
     batches: int = Field(1, description="bounded batches this call ran")
+    notices_delivered: int = Field(0, description="notices the app's webhook took (answered 2xx)")
+    notices_failed: int = Field(0, description="notices the webhook did not take; offered again later")

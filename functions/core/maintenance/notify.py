@@ -1,0 +1,79 @@
+"""Posts recorded threshold notices to the app's webhook, so it can tell its users (75 / 90 /
+100 % of an allowance, low balance). At least once: the notices are leased in SQL, each is
+one signed POST, and only the ones the app answered 2xx are marked delivered; the rest come
+back when their lease ends (5 min, doubling, at most a day; ten attempts).
+
+Each request carries `Creditgate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+"<t>.<body>" keyed with CREDITGATE_NOTICES_WEBHOOK_SECRET>` and `Creditgate-Notice-Id`; the
+app checks the signature and the age of `t`, and drops an id it has seen."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from functions.core.ledger import Ledger
+from functions.core.present import micro_fields
+from functions.core.settings import Settings
+
+logger = logging.getLogger("creditgate.notices")
+
+BATCH = 100
+TIMEOUT_SECONDS = 5.0
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def deliver_notices(ledger: Ledger, settings: Settings, *, seconds: float = 10.0) -> dict[str, int]:
+    """Delivers due notices until none are left or `seconds` are spent."""
+    counts = {"notices_delivered": 0, "notices_failed": 0}
+    if not settings.notices_webhook_url:
+        return counts
+    import httpx  # only the scheduler posts, and only when a webhook is configured
+
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
+        while time.monotonic() < deadline:
+            notices = ledger.lease_notices(BATCH)
+            delivered: list[int] = []
+            for notice in notices:
+                # A failing app or a spent budget ends the run; what was leased and not
+                # taken comes back when its lease ends.
+                if time.monotonic() >= deadline or not _post(client, settings, notice):
+                    break
+                delivered.append(notice["id"])
+            if delivered:
+                ledger.notices_delivered(delivered)
+            counts["notices_delivered"] += len(delivered)
+            counts["notices_failed"] += len(notices) - len(delivered)
+            if len(notices) < BATCH or len(delivered) < len(notices):
+                break
+    return counts
+
+
+def _post(client: Any, settings: Settings, notice: dict) -> bool:
+    import httpx
+
+    # Amounts as the API shows them: decimal strings of the balance's unit.
+    body = json.dumps(notice | {"balance": micro_fields(notice["balance"])}, separators=(",", ":")).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Creditgate-Notice-Id": str(notice["id"]),
+        "Creditgate-Signature": sign(settings.notices_webhook_secret or "", int(time.time()), body),
+    }
+    try:
+        answer = client.post(settings.notices_webhook_url, content=body, headers=headers)
+    except httpx.HTTPError as error:
+        logger.warning("notice %s not delivered: %s", notice["id"], type(error).__name__)
+        return False
+    if 200 <= answer.status_code < 300:
+        return True
+    logger.warning("notice %s not delivered: the webhook answered %s", notice["id"], answer.status_code)
+    return False
