@@ -83,6 +83,8 @@ def _dev_secrets() -> dict[str, str]:
         "CREDITGATE_SERVICE_KEYS": "cg_dev_" + secrets.token_urlsafe(24),
         "CRON_SECRET": secrets.token_urlsafe(24),
         "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_urlsafe(24),
+        # Signs the notices posted to CREDITGATE_NOTICES_WEBHOOK_URL, when one is set.
+        "CREDITGATE_NOTICES_WEBHOOK_SECRET": secrets.token_urlsafe(24),
     }
     values, generated = {}, []
     for name, fresh in wanted.items():

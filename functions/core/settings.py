@@ -76,8 +76,10 @@ class Settings(BaseSettings):
                 raise ValueError("CRON_SECRET must be at least 16 characters")
             if self.notices_webhook_url and not self.notices_webhook_url.startswith("https://"):
                 raise ValueError("CREDITGATE_NOTICES_WEBHOOK_URL must be https://")
-        if self.notices_webhook_url and len(self.notices_webhook_secret or "") < 16:
-            raise ValueError("CREDITGATE_NOTICES_WEBHOOK_SECRET (at least 16 characters) signs the notices webhook")
+        if self.notices_webhook_url:
+            _check_webhook_url(self.notices_webhook_url)
+            if len(self.notices_webhook_secret or "") < 16:
+                raise ValueError("CREDITGATE_NOTICES_WEBHOOK_SECRET (at least 16 characters) signs the notices webhook")
         return self
 
     @property
@@ -105,6 +107,19 @@ class Settings(BaseSettings):
         if self.supabase_url:
             return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
         return None
+
+
+def _check_webhook_url(url: str) -> None:
+    # urllib, not httpx: settings load in every function, the HTTP client only where it posts.
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as error:
+        raise ValueError(f"CREDITGATE_NOTICES_WEBHOOK_URL is not a URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("CREDITGATE_NOTICES_WEBHOOK_URL must be an http(s) URL with a host")
 
 
 @lru_cache

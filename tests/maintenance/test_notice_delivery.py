@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from functions.core.database import free_port
-from functions.core.maintenance.notify import deliver_notices
 from functions.core.maintenance.run import run_maintenance
 from functions.core.settings import Settings
 from tests.maintenance.helpers import drain
@@ -74,11 +73,22 @@ def account_with_a_notice(ledger, make_account, sql):
 
 
 def state(sql, account: str) -> list[tuple]:
+    """(kind, delivered, given up, attempts, leased) of the account's notices."""
     return sql(
-        "SELECT kind, delivered_at IS NOT NULL, attempts, next_attempt_at > now() FROM creditgate.notices "
-        "WHERE account_id = %s",
+        "SELECT kind, delivered_at IS NOT NULL, gave_up_at IS NOT NULL, attempts, next_attempt_at > now() "
+        "FROM creditgate.notices WHERE account_id = %s",
         account,
     )
+
+
+def cross_75_percent(ledger, make_account, n: int) -> list[str]:
+    accounts = [make_account("free") for _ in range(n)]
+    for i, account in enumerate(accounts):
+        ledger.record_usage(
+            {"account_id": account, "feature": "ai_message", "quantity": 400, "idempotency_key": f"x{i}"}
+        )
+    ledger.run_maintenance({})
+    return accounts
 
 
 class TestDelivery:
@@ -98,14 +108,14 @@ class TestDelivery:
         assert notice["type"] == "notice.allowance_75" and notice["account_id"] == account
         assert notice["key"] == "credits" and notice["plan"] == "free" and notice["attempt"] == 1
         assert notice["balance"] == {"available": "70", "debt": "0", "allowance": "100", "used_this_period": "80"}
-        assert state(sql, account) == [("allowance_75", True, 1, True)]
+        assert state(sql, account) == [("allowance_75", True, False, 1, True)]
 
     def test_a_failing_webhook_keeps_the_notice_for_a_later_attempt(self, ledger, sql, webhook, account_with_a_notice):
         account = account_with_a_notice
         webhook.statuses = [500]
         answer = run_maintenance(ledger, settings_for(webhook.url))
         assert (answer["notices_delivered"], answer["notices_failed"]) == (0, 1)
-        assert state(sql, account) == [("allowance_75", False, 1, True)]  # leased: not offered again at once
+        assert state(sql, account) == [("allowance_75", False, False, 1, True)]  # leased: not offered again at once
         run_maintenance(ledger, settings_for(webhook.url))
         assert len(webhook.received) == 1
 
@@ -113,38 +123,73 @@ class TestDelivery:
         answer = run_maintenance(ledger, settings_for(webhook.url))
         assert answer["notices_delivered"] == 1
         assert [b["attempt"] for b in webhook.bodies()] == [1, 2]
-        assert state(sql, account) == [("allowance_75", True, 2, True)]
+        assert state(sql, account) == [("allowance_75", True, False, 2, True)]
 
     def test_an_unreachable_webhook_does_not_fail_maintenance(self, ledger, sql, account_with_a_notice):
         answer = run_maintenance(ledger, settings_for(f"http://127.0.0.1:{free_port()}/nobody"))
         assert (answer["notices_delivered"], answer["notices_failed"]) == (0, 1)
-        assert state(sql, account_with_a_notice) == [("allowance_75", False, 1, True)]
+        assert state(sql, account_with_a_notice) == [("allowance_75", False, False, 1, True)]
 
     def test_without_a_webhook_notices_wait(self, ledger, sql, account_with_a_notice):
         answer = run_maintenance(ledger, settings_for(None))
         assert (answer["notices_delivered"], answer["notices_failed"]) == (0, 0)
-        assert state(sql, account_with_a_notice) == [("allowance_75", False, 0, False)]
+        assert state(sql, account_with_a_notice) == [("allowance_75", False, False, 0, False)]
 
-    def test_two_runs_at_once_post_each_notice_once(self, ledger, make_account, sql, webhook, account_with_a_notice):
-        for n in range(5):
-            other = make_account("free")
-            ledger.record_usage(
-                {"account_id": other, "feature": "ai_message", "quantity": 400, "idempotency_key": f"o{n}"}
-            )
-        ledger.run_maintenance({})
-        runs = [threading.Thread(target=deliver_notices, args=(ledger, settings_for(webhook.url))) for _ in range(2)]
-        for run in runs:
-            run.start()
-        for run in runs:
-            run.join()
-        ids = [b["id"] for b in webhook.bodies()]
-        assert len(ids) == len(set(ids)) == 6
+    def test_a_run_stops_at_the_first_failure_and_gives_back_what_it_did_not_try(
+        self, ledger, make_account, sql, webhook, account_with_a_notice
+    ):
+        second, third = cross_75_percent(ledger, make_account, 2)
+        webhook.statuses = [200, 500]
+        answer = run_maintenance(ledger, settings_for(webhook.url))
+        assert (answer["notices_delivered"], answer["notices_failed"]) == (1, 1)
+        assert len(webhook.received) == 2
+        assert state(sql, account_with_a_notice) == [("allowance_75", True, False, 1, True)]
+        failed, untried = sorted([state(sql, second), state(sql, third)], key=lambda rows: -rows[0][3])
+        assert failed == [("allowance_75", False, False, 1, True)]  # waits its backoff
+        assert untried == [("allowance_75", False, False, 0, False)]  # its attempt back, due again now
+        answer = run_maintenance(ledger, settings_for(webhook.url))
+        assert answer["notices_delivered"] == 1 and len(webhook.received) == 3
+
+    def test_the_tenth_failed_attempt_gives_a_notice_up(self, ledger, sql, webhook, account_with_a_notice):
+        sql("UPDATE creditgate.notices SET attempts = 9 WHERE account_id = %s", account_with_a_notice)
+        webhook.statuses = [500]
+        run_maintenance(ledger, settings_for(webhook.url))
+        assert state(sql, account_with_a_notice) == [("allowance_75", False, True, 10, True)]
+        sql("UPDATE creditgate.notices SET next_attempt_at = now() WHERE account_id = %s", account_with_a_notice)
+        run_maintenance(ledger, settings_for(webhook.url))
+        assert len(webhook.received) == 1
+
+    def test_a_notice_of_a_period_that_is_over_is_not_sent(self, ledger, sql, webhook, account_with_a_notice):
+        sql(
+            "UPDATE creditgate.accounts SET period_start = period_start + interval '1 second' WHERE id = %s",
+            account_with_a_notice,
+        )
+        answer = run_maintenance(ledger, settings_for(webhook.url))
+        assert (answer["notices_delivered"], answer["notices_failed"]) == (0, 0) and webhook.received == []
+        assert state(sql, account_with_a_notice) == [("allowance_75", False, True, 0, False)]
+
+    def test_two_leases_at_once_take_different_notices(self, ledger, make_account, dsn, account_with_a_notice):
+        import psycopg
+
+        cross_75_percent(ledger, make_account, 2)
+        with psycopg.connect(dsn) as first:  # a lease whose run has not committed yet
+            held = first.execute("SELECT public.creditgate_lease_notices('{\"limit\": 1}')").fetchone()[0]
+            others = ledger.lease_notices(10)  # does not wait for it, and skips what it holds
+            first.commit()
+        assert len(held["notices"]) == 1 and len(others) == 2
+        assert {n["id"] for n in others}.isdisjoint({n["id"] for n in held["notices"]})
 
 
 class TestSettings:
     def test_a_webhook_needs_a_secret(self):
         with pytest.raises(ValueError, match="CREDITGATE_NOTICES_WEBHOOK_SECRET"):
             Settings(environment="test", notices_webhook_url="https://app.example.com/hooks")
+
+    def test_a_url_must_be_one(self):
+        with pytest.raises(ValueError, match="not a URL"):
+            Settings(environment="test", notices_webhook_url="https://[::1", notices_webhook_secret=SECRET)
+        with pytest.raises(ValueError, match="with a host"):
+            Settings(environment="test", notices_webhook_url="mailto:ops@example.com", notices_webhook_secret=SECRET)
 
     def test_production_posts_over_https_only(self):
         with pytest.raises(ValueError, match="must be https"):

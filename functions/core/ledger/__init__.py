@@ -81,8 +81,8 @@ class Ledger(ABC):
     def lease_notices(self, limit: int) -> list[dict]:
         return self.rpc("creditgate_lease_notices", {"limit": limit})["notices"]
 
-    def notices_delivered(self, ids: list[int]) -> int:
-        return self.rpc("creditgate_notices_delivered", {"ids": ids})["delivered"]
+    def settle_notices(self, delivered: list[int], failed: list[int], untried: list[int]) -> dict:
+        return self.rpc("creditgate_settle_notices", {"delivered": delivered, "failed": failed, "untried": untried})
 
     # Money in: checkout orders and Stripe events.
     def create_order(self, request: dict) -> dict:

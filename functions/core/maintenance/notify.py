@@ -1,7 +1,8 @@
 """Posts recorded threshold notices to the app's webhook, so it can tell its users (75 / 90 /
 100 % of an allowance, low balance). At least once: the notices are leased in SQL, each is
-one signed POST, and only the ones the app answered 2xx are marked delivered; the rest come
-back when their lease ends (5 min, doubling, at most a day; ten attempts).
+one signed POST, and only the ones the app answered 2xx are marked delivered. A failed one
+comes back when its lease ends (5 min, doubling, at most a day; ten attempts); the run
+stops at the first failure, and what it leased and did not try is due again at once.
 
 Each request carries `Creditgate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 "<t>.<body>" keyed with CREDITGATE_NOTICES_WEBHOOK_SECRET>` and `Creditgate-Notice-Id`; the
@@ -23,7 +24,10 @@ from functions.core.settings import Settings
 logger = logging.getLogger("creditgate.notices")
 
 BATCH = 100
-TIMEOUT_SECONDS = 5.0
+# Per phase of one POST (httpx has no overall limit); a POST starts only while the budget
+# still holds a whole one, so a run ends within its budget.
+TIMEOUT = {"connect": 2.0, "read": 3.0, "write": 2.0, "pool": 1.0}
+LONGEST_POST = sum(TIMEOUT.values())
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -32,28 +36,30 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def deliver_notices(ledger: Ledger, settings: Settings, *, seconds: float = 10.0) -> dict[str, int]:
-    """Delivers due notices until none are left or `seconds` are spent."""
+    """Delivers due notices until none are left, the app fails, or `seconds` are spent."""
     counts = {"notices_delivered": 0, "notices_failed": 0}
     if not settings.notices_webhook_url:
         return counts
     import httpx  # only the scheduler posts, and only when a webhook is configured
 
     deadline = time.monotonic() + seconds
-    with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
-        while time.monotonic() < deadline:
+    with httpx.Client(timeout=httpx.Timeout(**TIMEOUT), follow_redirects=False) as client:
+        while deadline - time.monotonic() >= LONGEST_POST:
             notices = ledger.lease_notices(BATCH)
             delivered: list[int] = []
+            failed: list[int] = []
             for notice in notices:
-                # A failing app or a spent budget ends the run; what was leased and not
-                # taken comes back when its lease ends.
-                if time.monotonic() >= deadline or not _post(client, settings, notice):
+                if deadline - time.monotonic() < LONGEST_POST:
                     break
-                delivered.append(notice["id"])
-            if delivered:
-                ledger.notices_delivered(delivered)
+                (delivered if _post(client, settings, notice) else failed).append(notice["id"])
+                if failed:
+                    break  # the app is failing: its backoff, not this loop, decides when to retry
+            untried = [n["id"] for n in notices if n["id"] not in delivered and n["id"] not in failed]
+            if notices:
+                ledger.settle_notices(delivered, failed, untried)
             counts["notices_delivered"] += len(delivered)
-            counts["notices_failed"] += len(notices) - len(delivered)
-            if len(notices) < BATCH or len(delivered) < len(notices):
+            counts["notices_failed"] += len(failed)
+            if len(notices) < BATCH or untried:
                 break
     return counts
 
@@ -70,7 +76,7 @@ def _post(client: Any, settings: Settings, notice: dict) -> bool:
     }
     try:
         answer = client.post(settings.notices_webhook_url, content=body, headers=headers)
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
         logger.warning("notice %s not delivered: %s", notice["id"], type(error).__name__)
         return False
     if 200 <= answer.status_code < 300:

@@ -5,6 +5,7 @@ the recorded notices go out in what is left of the budget."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,6 +17,8 @@ COUNTS = ("allowances_granted", "grants_expired", "reservations_expired", "guest
 # Work a batch did that the counts above do not show.
 PROGRESS = ("accounts", "usage_lines_checked")
 DEFAULT_LIMIT = 500
+
+logger = logging.getLogger("creditgate.maintenance")
 
 
 def run_maintenance(
@@ -45,5 +48,10 @@ def run_maintenance(
         if time.monotonic() - started + slowest > seconds:
             break
     if settings is not None:
-        totals |= deliver_notices(ledger, settings, seconds=max(seconds - (time.monotonic() - started), 1.0))
+        totals |= dict.fromkeys(("notices_delivered", "notices_failed"), 0)
+        try:
+            totals |= deliver_notices(ledger, settings, seconds=seconds - (time.monotonic() - started))
+        except Exception:
+            # Maintenance itself is committed; a notice not sent now is still due next run.
+            logger.exception("notice delivery failed")
     return totals
