@@ -54,7 +54,7 @@ def deliver_notices(ledger: Ledger, settings: Settings, *, seconds: float = 10.0
                 (delivered if _post(client, settings, notice) else failed).append(notice["id"])
                 if failed:
                     break  # the app is failing: its backoff, not this loop, decides when to retry
-            untried = [n["id"] for n in notices if n["id"] not in delivered and n["id"] not in failed]
+            untried = [n["id"] for n in notices[len(delivered) + len(failed) :]]  # posted in order
             if notices:
                 ledger.settle_notices(delivered, failed, untried)
             counts["notices_delivered"] += len(delivered)
