@@ -39,7 +39,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 class BodyLimit:
-    """Refuses bodies over the limit before anything parses them, declared or streamed."""
+    """Refuses bodies over the limit before anything parses them, declared or streamed: a
+    streamed body is read here (up to the limit) and handed on whole, because an error
+    raised while the framework reads it would become its 400."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -47,22 +49,33 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        too_large = PayloadTooLarge(f"Bodies are limited to {self.max_bytes} bytes")
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await problem_response(PayloadTooLarge(f"Bodies are limited to {self.max_bytes} bytes"))(
-                scope, receive, send
-            )
+            return await problem_response(too_large)(scope, receive, send)
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
             if seen > self.max_bytes:
-                raise PayloadTooLarge(f"Bodies are limited to {self.max_bytes} bytes")
-            return message
+                return await problem_response(too_large)(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return await self.app(scope, _replay([whole], receive), send)
 
-        return await self.app(scope, limited_receive, send)
+
+def _replay(messages: list[dict], receive: Any) -> Any:
+    """A receive() that hands out what was already read, then goes on with the real one."""
+
+    async def replayed():
+        return messages.pop(0) if messages else await receive()
+
+    return replayed
 
 
 def create_app(name: str, *routers: Any, settings: Settings | None = None, ledger: Any = None) -> FastAPI:

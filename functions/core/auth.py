@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from functions.core.errors import InvalidRequest, Unauthenticated
+from functions.core.errors import Unauthenticated
+from functions.core.schemas import is_account_id
 from functions.core.settings import Settings
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -76,7 +77,17 @@ def verify_user_jwt(token: str, settings: Settings) -> dict[str, Any]:
         raise Unauthenticated(f"Invalid token: {error}") from None
     if claims.get("role") not in (None, "authenticated"):
         raise Unauthenticated("Only signed-in users' tokens are accepted")
+    # The subject becomes the user's account id, so it must be one (Supabase's are UUIDs).
+    if not isinstance(claims["sub"], str) or not is_account_id(claims["sub"]):
+        raise Unauthenticated("The token's subject is not a usable user id")
     return claims
+
+
+def _email(value: Any) -> str | None:
+    """The token's email, kept only when it is plain text the account row can hold."""
+    if isinstance(value, str) and 0 < len(value) <= 320 and "\x00" not in value:
+        return value
+    return None
 
 
 def client_ip(peer: str | None, forwarded_for: str | None, settings: Settings) -> str | None:
@@ -106,10 +117,10 @@ def authenticate(
             return Caller(kind="service")
         if token.count(".") == 2:
             claims = verify_user_jwt(token, settings)
-            return Caller(kind="user", user_id=str(claims["sub"]), email=claims.get("email"), claims=claims)
+            return Caller(kind="user", user_id=claims["sub"], email=_email(claims.get("email")), claims=claims)
         raise Unauthenticated("Unknown service key")
     if session_id is not None:
         if not SESSION_ID.match(session_id):
-            raise InvalidRequest("X-Session-Id must be 8-128 characters of letters, digits and ._:-")
+            raise Unauthenticated("X-Session-Id must be 8-128 characters of letters, digits and ._:-")
         return Caller(kind="guest", session_id=session_id, client_ip=ip)
     return None

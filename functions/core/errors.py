@@ -71,6 +71,15 @@ class ServiceUnavailable(ProblemError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
 
 
+def data_problem(sqlstate: str, message: str | None) -> ProblemError | None:
+    """A value the database could not take (SQLSTATE class 22: a NUL character, a number
+    out of range, text where a number belongs; 23514: a CHECK constraint) is the caller's
+    bad input, not a fault: 422. The RPC's transaction rolled back, so nothing changed."""
+    if sqlstate.startswith("22") or sqlstate == "23514":
+        return InvalidRequest(f"A value in the request cannot be stored: {message or sqlstate}")
+    return None
+
+
 # Titles of the codes the ledger raises, so every answer with one code reads the same.
 LEDGER_TITLES = {
     "account_not_found": "Account not found",

@@ -3,6 +3,7 @@ micro-credits (1 credit = 1,000,000), minor units of a currency, pico-USD of pro
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -15,11 +16,19 @@ ZERO_DECIMAL_CURRENCIES = frozenset(
 )
 
 
+# Plain ASCII digits with an optional fraction. Decimal() alone would also take "1_000",
+# " 1 ", "+1", "1e2" and other scripts' digits: a typo like "1_000" for "1.000" would
+# move a thousand times the money.
+DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 def _decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError("must be a decimal string or a number")
+    if isinstance(value, str) and not DECIMAL_STRING.fullmatch(value):
+        raise ValueError('must be a decimal number written with digits and one optional ".", like "12.5"')
     try:
-        number = Decimal(str(value).strip())
+        number = Decimal(str(value))
     except InvalidOperation:
         raise ValueError("must be a decimal number") from None
     if not number.is_finite():

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-AccountId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@|-]+$")]
+ACCOUNT_ID = re.compile(r"[A-Za-z0-9_.:@|-]{1,128}")
+# Guests' rows live under "guest:<session id>" (their gate calls' idempotency keys, deleted
+# with the session): an account of that name would share them.
+GUEST_PREFIX = "guest:"
+
+
+def is_account_id(value: str) -> bool:
+    return bool(ACCOUNT_ID.fullmatch(value)) and not value.startswith(GUEST_PREFIX)
+
+
+def _account_id(value: str) -> str:
+    if value.startswith(GUEST_PREFIX):
+        raise ValueError(f"account ids must not start with {GUEST_PREFIX!r} (reserved for guest sessions)")
+    return value
+
+
+AccountId = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@|-]+$"), AfterValidator(_account_id)
+]
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")]
 ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./:@+-]+$")]
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
@@ -20,10 +39,29 @@ MAX_TOKENS = 1_000_000_000
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 
 
+def holds_nul(value: Any) -> bool:
+    """PostgreSQL text and jsonb cannot hold U+0000, so a string with one would fail in the
+    database; it is refused with the rest of the input instead."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(v) for v in value)
+    return False
+
+
 class Strict(BaseModel):
     """Request bodies: unknown fields are refused, not ignored, so typos surface."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if holds_nul(data):
+            raise ValueError("text must not contain the NUL character (U+0000)")
+        return data
 
 
 class Balance(BaseModel):

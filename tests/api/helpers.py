@@ -13,7 +13,7 @@ def user_token(
 ) -> str:
     now = int(time.time())
     payload = {
-        "sub": sub or str(uuid.uuid4()),
+        "sub": sub if sub is not None else str(uuid.uuid4()),
         "aud": aud,
         "role": "authenticated",
         "iat": now,

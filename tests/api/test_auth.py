@@ -76,6 +76,25 @@ class TestJwks:
         assert_problem(client.get("/v1/balance", headers=bearer(token)), 401, "unauthenticated")
 
 
+class TestUserTokenSubjects:
+    @pytest.mark.parametrize("sub", ["", "x" * 129, "\u00fcmlaut", "a b", "guest:abc12345"])
+    def test_a_subject_that_cannot_be_an_account_id_is_401(self, client, sql, sub):
+        from tests.api.helpers import user_token
+
+        before = sql("SELECT count(*) FROM creditgate.accounts")
+        response = client.get("/v1/balance", headers=bearer(user_token(sub)))
+        assert_problem(response, 401, "unauthenticated")
+        assert sql("SELECT count(*) FROM creditgate.accounts") == before
+
+    def test_an_email_the_account_cannot_hold_is_dropped(self, client, sql):
+        from tests.api.helpers import user_token
+
+        user = str(uuid.uuid4())
+        response = client.get("/v1/balance", headers=bearer(user_token(user, email="a\x00@example.com")))
+        assert response.status_code == 200, response.text
+        assert sql("SELECT email FROM creditgate.accounts WHERE id = %s", user) == [(None,)]
+
+
 class TestServiceKeys:
     def test_keys_may_be_configured_as_digests(self, settings, ledger):
         digest = "sha256:" + hashlib.sha256(b"a-long-service-key-for-this-test").hexdigest()

@@ -130,9 +130,76 @@ class TestBadBodies:
         assert_problem(response, 413, "payload_too_large")
         assert snapshot() == before
 
+    def test_a_streamed_2mb_body_is_413(self, client, service_headers, account, snapshot):
+        before = snapshot()
+        chunk = json.dumps(usage(account, metadata={"blob": "x" * 2_000_000})).encode()
+
+        def stream():  # no Content-Length: the body arrives in pieces
+            for start in range(0, len(chunk), 65_536):
+                yield chunk[start : start + 65_536]
+
+        response = client.post(
+            "/v1/usage", content=stream(), headers={**service_headers, "Content-Type": "application/json"}
+        )
+        assert_problem(response, 413, "payload_too_large")
+        assert snapshot() == before
+
+
+class TestNulCharacters:
+    """PostgreSQL text cannot hold U+0000: refused up front, never a database error."""
+
+    @pytest.mark.parametrize(
+        "method,path,body,headers",
+        [
+            (
+                "post",
+                "/v1/accounts/{a}/grants",
+                {"amount": "1", "source": "promo", "reason": "a\x00b"},
+                {"Idempotency-Key": "n"},
+            ),
+            ("post", "/v1/usage", "usage:metadata", {}),
+            ("post", "/v1/usage", "usage:metadata-key", {}),
+            ("post", "/v1/usage", "usage:session", {}),
+            ("put", "/v1/accounts/nul-account", {"plan": "free", "email": "a\x00@example.com"}, {}),
+        ],
+    )
+    def test_text_with_nul_is_422(self, client, service_headers, account, snapshot, method, path, body, headers):
+        body = (
+            {
+                "usage:metadata": lambda: usage(account, metadata={"note": "a\x00b"}),
+                "usage:metadata-key": lambda: usage(account, metadata={"a\x00": 1}),
+                "usage:session": lambda: usage(account, session_id="s\x00"),
+            }.get(body, lambda: body)()
+            if isinstance(body, str)
+            else body
+        )
+        before = snapshot()
+        response = getattr(client, method)(path.format(a=account), json=body, headers={**service_headers, **headers})
+        assert_problem(response, 422, "invalid_request")
+        assert "NUL" in response.text
+        assert snapshot() == before
+
+    def test_a_value_the_database_refuses_is_422_not_500(self, ledger, account, snapshot):
+        """The safety net under the schemas: SQLSTATE class 22 from an RPC is bad input."""
+        from functions.core.errors import ProblemError
+
+        before = snapshot()
+        with pytest.raises(ProblemError) as refused:
+            ledger.rpc(
+                "creditgate_grant_credits",
+                {"account_id": account, "amount": "lots", "source": "promo", "idempotency_key": "x", "reason": "x"},
+            )
+        assert (refused.value.status, refused.value.code) == (422, "invalid_request")
+        assert snapshot() == before
+
 
 class TestBadAdminInput:
-    @pytest.mark.parametrize("amount", ["abc", "-5", "0", "1e400", "0.0000001", "NaN", None, True, [1]])
+    @pytest.mark.parametrize(
+        "amount",
+        ["abc", "-5", "0", "1e400", "0.0000001", "NaN", None, True, [1]]
+        # What Decimal() alone would take: "1_000" for "1.000" would grant a thousand times more.
+        + ["1_000", "\u0661\u0662", " 1 ", "+1", "1e2", ".5", "1."],
+    )
     def test_grant_amounts(self, client, service_headers, account, snapshot, amount):
         before = snapshot()
         response = client.post(
@@ -159,6 +226,10 @@ class TestBadAdminInput:
             client.put("/v1/accounts/new-one", json={"plan": "platinum"}, headers=service_headers), 422, "unknown_plan"
         )
         assert_problem(client.put("/v1/accounts/bad%20id'--", json={}, headers=service_headers), 422, "invalid_request")
+        # Guest sessions' rows live under "guest:<session>": no account may take that name.
+        assert_problem(
+            client.put("/v1/accounts/guest:abcdefgh", json={}, headers=service_headers), 422, "invalid_request"
+        )
         assert snapshot() == before
 
 

@@ -70,7 +70,8 @@ class TestGetTransactions:
         items, cursor = [], None
         while True:
             page = client.get(
-                f"/v1/transactions?account_id={account}&limit=2" + (f"&cursor={cursor}" if cursor else ""),
+                # The first page's link as API.md writes it: `cursor=` empty.
+                f"/v1/transactions?account_id={account}&limit=2&cursor={cursor or ''}",
                 headers=service_headers,
             ).json()
             items += page["items"]
@@ -145,7 +146,8 @@ class TestPublicReads:
         dead = PostgresLedger("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=1", wait_seconds=1)
         with TestClient(build_app(settings=settings, ledger=dead)) as client:
             response = client.get("/v1/health")
-        assert response.status_code == 503 and response.json()["database"] == "unreachable"
+        assert_problem(response, 503, "database_unavailable")
+        assert response.json()["database"] == "unreachable"
 
     def test_openapi_describes_every_path(self, client):
         paths = client.get("/openapi.json").json()["paths"]

@@ -203,7 +203,7 @@ class TestGateAsGuest:
 
     def test_a_malformed_session_id_is_422(self, client):
         assert_problem(
-            client.post("/v1/gate", json={"feature": "chat"}, headers={"X-Session-Id": "x"}), 422, "invalid_request"
+            client.post("/v1/gate", json={"feature": "chat"}, headers={"X-Session-Id": "x"}), 401, "unauthenticated"
         )
 
 

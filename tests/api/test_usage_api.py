@@ -275,6 +275,26 @@ class TestPostUsageBatch:
         again = client.post("/v1/usage/batch", json={"events": [events[0], events[4]]}, headers=service_headers)
         assert [r["replayed"] for r in again.json()["results"]] == [True, True]
 
+    def test_an_event_that_is_not_an_object_or_holds_nul_fails_alone(self, client, service_headers, make_account):
+        account = make_account("pro")
+        ok = {"account_id": account, "feature": "screenshot", "quantity": 1, "idempotency_key": "nul-ok"}
+        nul = {**ok, "idempotency_key": "nul-bad", "metadata": {"note": "a\x00b"}}
+        missing = {**ok, "account_id": "no-such-account", "idempotency_key": "nul-404"}
+        response = client.post(
+            "/v1/usage/batch", json={"events": [ok, "not an object", nul, missing]}, headers=service_headers
+        )
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [r.get("code") or "ok" for r in results] == [
+            "ok",
+            "invalid_request",
+            "invalid_request",
+            "account_not_found",
+        ]
+        # Titled as the same problem of POST /v1/usage.
+        single = client.post("/v1/usage", json=missing, headers=service_headers).json()
+        assert results[3]["title"] == single["title"] and results[3]["type"] == single["type"]
+
     def test_more_than_1000_events_is_422(self, client, service_headers):
         events = [{"account_id": "a", "feature": "chat", "idempotency_key": str(n)} for n in range(1001)]
         assert_problem(

@@ -76,6 +76,9 @@ def test_bad_missing_or_stale_signatures_are_400_and_change_nothing(stripe_http,
         b"[1, 2]",
         b'{"id": "evt_1", "type": "x"}',
         b'{"id": "evt_1", "type": "x", "created": "soon", "data": {"object": {}}}',
+        # Signed, well formed, but a field of the wrong type for the database.
+        b'{"id": "evt_t", "object": "event", "type": "charge.refunded", "created": 1700000000, '
+        b'"data": {"object": {"id": "ch_t", "object": "charge", "amount": "x", "amount_refunded": "y"}}}',
     ],
 )
 def test_malformed_events_with_a_valid_signature_are_400(stripe_http, fake, sql, payload):
@@ -83,6 +86,8 @@ def test_malformed_events_with_a_valid_signature_are_400(stripe_http, fake, sql,
     response = post(stripe_http, payload, {"Stripe-Signature": fake.sign_payload(payload, WEBHOOK_SECRET)})
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_payload"
+    if b"evt_t" in payload:  # refused by the database, not before it
+        assert "cannot be stored" in response.json()["detail"]
     assert counts(sql) == before
 
 

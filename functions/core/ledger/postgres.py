@@ -7,7 +7,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from functions.core.errors import ServiceUnavailable, ledger_problem
+from functions.core.errors import ServiceUnavailable, data_problem, ledger_problem
 from functions.core.ledger import Ledger
 
 
@@ -60,6 +60,8 @@ class PostgresLedger(Ledger):
                 raise ledger_problem(
                     int(state[2:]), error.diag.message_primary or "error", json.loads(detail) if detail else {}
                 ) from None
+            if (problem := data_problem(state, error.diag.message_primary)) is not None:
+                raise problem from None
             if isinstance(error, psycopg.OperationalError):
                 raise ServiceUnavailable("The database is unreachable", code="database_unavailable") from error
             raise

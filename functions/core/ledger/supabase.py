@@ -16,7 +16,7 @@ import json
 import threading
 from typing import Any
 
-from functions.core.errors import ServiceUnavailable, ledger_problem
+from functions.core.errors import ServiceUnavailable, data_problem, ledger_problem
 from functions.core.ledger import Ledger
 
 # PostgREST's own codes for "the database could not be reached" (connection, pool, schema
@@ -108,6 +108,8 @@ def _problem(error: Any) -> Exception:
             code = "401"
         else:
             return ServiceUnavailable("The database is unreachable", code="database_unavailable")
+    if (problem := data_problem(code, error.message)) is not None:
+        return problem
     if code in _UNAVAILABLE_CODES:
         return ServiceUnavailable("The database is unreachable", code="database_unavailable")
     if code in _MISCONFIGURED_CODES or (code == "42501" and _is_function_permission(error.message)):

@@ -6,8 +6,9 @@ from fastapi import APIRouter, Response
 from pydantic import ValidationError
 
 from functions.core.deps import LedgerDep, ServiceDep
+from functions.core.errors import ledger_problem
 from functions.core.metering.schemas import BatchAnswer, BatchRequest, UsageAnswer, UsageRequest
-from functions.core.present import cost_usd, denial, micro_fields
+from functions.core.present import cost_usd, micro_fields
 
 router = APIRouter(tags=["usage"])
 
@@ -31,14 +32,13 @@ def record_usage(body: UsageRequest, caller: ServiceDep, ledger: LedgerDep, resp
 
 
 def _problem(status: int, code: str, detail: dict) -> dict:
-    return {
-        "type": f"https://creditgate.dev/problems/{code.replace('_', '-')}",
-        "title": code.replace("_", " "),
-        "status": status,
-        "detail": detail.get("detail", code),
-        "code": code,
-        **{k: v for k, v in denial(detail).items() if k != "detail"},
-    }
+    """One event's problem, shaped and titled as the same error of POST /v1/usage is."""
+    fields = dict(detail)
+    text = fields.pop("detail", None)
+    body = ledger_problem(status, code, fields).body()
+    if text:
+        body["detail"] = text
+    return body
 
 
 @router.post("/v1/usage/batch", response_model=BatchAnswer)

@@ -53,7 +53,13 @@ class UsageRequest(Strict):
 
 
 class BatchRequest(Strict):
-    events: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+    # Each event is checked on its own (a bad one gets its own problem), so here only the list.
+    events: list[Any] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:  # each event checks its own text
+        return data
 
 
 class UsageBalance(BaseModel):

@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from functions.core.errors import ProblemError, ServiceUnavailable
+from functions.core.errors import InvalidRequest, ProblemError, ServiceUnavailable
 from functions.core.ledger import Ledger
 from functions.core.payments import provider
 from functions.core.settings import Settings
@@ -80,7 +80,10 @@ def handle_webhook(
         raise ServiceUnavailable("Set STRIPE_WEBHOOK_SECRET to receive Stripe's events", code="stripe_not_configured")
     event = verify(payload, header, secret)
     expand(event, settings)
-    answer = ledger.apply_stripe_event(event)
+    try:
+        answer = ledger.apply_stripe_event(event)
+    except InvalidRequest as error:  # a field the database cannot take ("amount": "x"): nothing stored
+        raise InvalidPayload(error.detail) from None
     if answer.get("outcome") in NEEDS_AN_OPERATOR:
         logger.warning(
             "stripe event %s (%s) stored but not applied: %s (account %s)",

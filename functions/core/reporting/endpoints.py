@@ -7,7 +7,6 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
 
 from functions.core.deps import AccountHeader, LedgerDep, SignedInDep, resolve_account
 from functions.core.errors import ProblemError
@@ -35,12 +34,13 @@ def transactions(
     ledger: LedgerDep,
     account_id: AccountQuery = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
+    # `cursor=` (empty, as a first page's link has it) is no cursor.
+    cursor: Annotated[str | None, Query(pattern=r"^([0-9]{1,18})?$")] = None,
     key: Annotated[str | None, Query(max_length=64)] = None,
     x_account_id: AccountHeader = None,
 ) -> dict:
     target = resolve_account(caller, ledger, account_id, x_account_id)
-    answer = ledger.transactions({"account_id": target, "limit": limit, "cursor": cursor, "key": key})
+    answer = ledger.transactions({"account_id": target, "limit": limit, "cursor": cursor or None, "key": key})
     answer["items"] = [micro_fields(item, ("amount", "balance_after")) for item in answer["items"]]
     return answer
 
@@ -129,5 +129,8 @@ def health(ledger: LedgerDep):
     except ProblemError as error:
         if error.status != 503:
             raise
-        return JSONResponse({"status": "degraded", "database": "unreachable", "schema_version": None}, status_code=503)
+        # Like every error, a problem (its `status` is the HTTP one); `database` says which part.
+        raise ProblemError(
+            error.detail, status=503, code=error.code, title=error.title, database="unreachable"
+        ) from None
     return {"status": "ok", "database": "ok", "schema_version": answer.get("schema_version")}
