@@ -216,11 +216,12 @@ def test_gate_denials_are_problems_with_what_unlocks_them(adapter, welcome):
     assert adapter.gate(chat_reserve(account_id, "big", 10, 10))["allowed"] is True
 
 
-def test_unexpected_database_error_is_not_disguised_as_a_problem(adapter):
+def test_a_value_the_database_cannot_take_is_bad_input_and_changes_nothing(adapter, welcome):
+    """The schemas refuse such values first; this is the net under them (SQLSTATE class 22)."""
     account_id = new_account(adapter)
-    with pytest.raises(Exception) as caught:
-        adapter.gate({**chat_reserve(account_id, "x"), "estimate": {"input_tokens": "lots"}})
-    assert not isinstance(caught.value, ProblemError)
+    refused = problem_of(adapter.gate, {**chat_reserve(account_id, "x"), "estimate": {"input_tokens": "lots"}})
+    assert (refused.status, refused.code) == (422, "invalid_request")
+    assert balances(adapter, account_id)["credits"]["available"] == welcome + 100 * MICRO
 
 
 # ------------------------------------------------------------------------ usage
@@ -539,11 +540,12 @@ def test_a_bug_stays_a_bug():
     # The journal's append-only trigger raises 42501 too: that is not a key problem.
     for raw in (
         {"code": "42501", "message": "ledger_entries is append-only"},
-        {"code": "22P02", "message": 'invalid input syntax for type bigint: "lots"'},
         {"code": "40P01", "message": "deadlock detected"},
     ):
         error = APIError(raw)
         assert _problem(error) is error
+    bad_input = _problem(APIError({"code": "22P02", "message": 'invalid input syntax for type bigint: "lots"'}))
+    assert (bad_input.status, bad_input.code) == (422, "invalid_request")
 
 
 def test_importing_the_adapter_costs_nothing():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 PROBLEM_JSON = "application/problem+json"
@@ -76,6 +77,8 @@ def data_problem(sqlstate: str, message: str | None) -> ProblemError | None:
     out of range, text where a number belongs; 23514: a CHECK constraint) is the caller's
     bad input, not a fault: 422. The RPC's transaction rolled back, so nothing changed."""
     if sqlstate.startswith("22") or sqlstate == "23514":
+        # Logged: the request schemas should have refused it, so each one is a gap to close.
+        logging.getLogger("creditgate").warning("database refused a value (%s): %s", sqlstate, message)
         return InvalidRequest(f"A value in the request cannot be stored: {message or sqlstate}")
     return None
 

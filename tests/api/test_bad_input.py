@@ -88,6 +88,18 @@ BAD_JSON = [
     ("usage", "huge metadata", lambda a: usage(a, metadata={"blob": "x" * 20_000})),
     ("usage", "unknown model", lambda a: usage(a, model="gpt-404")),
     ("usage", "unknown feature", lambda a: usage(a, feature="teleport")),
+    # A call priced by tokens that names no tokens would be charged 0.
+    ("gate", "commit by tokens without an estimate", lambda a: gate(a, mode="commit", estimate=None)),
+    ("gate", "reserve by tokens with a quantity", lambda a: gate(a, estimate={"quantity": 2})),
+    ("gate", "commit by model without a model", lambda a: gate(a, mode="commit", model=None)),
+    (
+        "gate",
+        "commit on chat_tokens without an estimate",
+        lambda a: gate(a, feature="chat_tokens", mode="commit", estimate=None),
+    ),
+    ("usage", "usage by tokens without token counts", lambda a: usage(a, usage=None)),
+    ("usage", "usage by tokens with only a quantity", lambda a: usage(a, usage=None, quantity=5)),
+    ("usage", "usage by tokens on chat_tokens without counts", lambda a: usage(a, feature="chat_tokens", usage=None)),
 ]
 PATHS = {"gate": "/v1/gate", "usage": "/v1/usage"}
 

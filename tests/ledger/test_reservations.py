@@ -107,8 +107,14 @@ class TestReserveThenSettle:
         ledger.release_reservation({"reservation_id": gate["reservation"]["id"]})
         usage = settle(ledger, gate["reservation"]["id"], 2)
         assert usage["cost"] == 2 * MICRO
-        assert usage["reservation"]["status"] == "released"
+        assert usage["reservation"] == {"id": gate["reservation"]["id"], "status": "settled", "released": 0}
         assert available(ledger, account) == welcome - 2 * MICRO
+        # The hold served that call: a second usage of it is refused, not charged again.
+        with pytest.raises(ProblemError) as error:
+            settle(ledger, gate["reservation"]["id"], 2)
+        assert (error.value.status, error.value.code) == (409, "reservation_settled")
+        assert available(ledger, account) == welcome - 2 * MICRO
+        assert ledger.reconcile(account)["ok"]
 
 
 class TestRelease:
