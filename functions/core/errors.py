@@ -94,6 +94,7 @@ LEDGER_TITLES = {
     "unknown_pack": "Unknown pack",
     "insufficient_credits": "Insufficient credits",
     "debt_outstanding": "Outstanding debt must be paid first",
+    "quota_exhausted": "Quota used up for this period",
     "feature_not_in_plan": "Feature not included in the plan",
     "agent_not_in_plan": "Agent not included in the plan",
     "account_disputed": "Account on hold while a payment dispute is open",

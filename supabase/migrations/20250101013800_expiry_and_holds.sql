@@ -235,8 +235,9 @@ BEGIN
 END
 $$;
 
--- The usage of 60_usage.sql: token-priced usage needs its token counts, and a released or
--- expired hold serves one usage call (it is then settled; `released` says 0 was freed now).
+-- The usage of 60_usage.sql: token-priced usage needs its token counts, a released or
+-- expired hold serves one usage call (it is then settled; `released` says 0 was freed now),
+-- and a call past the plan's request quota is an overdraft too.
 CREATE OR REPLACE FUNCTION creditgate.record_usage(request jsonb)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
@@ -259,6 +260,7 @@ DECLARE
   v_pico bigint := 0;
   v_cost bigint;
   v_debt bigint;
+  v_quota_debt bigint := 0;
   v_usage_id uuid := gen_random_uuid();
   v_settling boolean := false;
 BEGIN
@@ -361,7 +363,11 @@ BEGIN
   END IF;
   IF v_res.id IS NULL THEN
     -- A call that went through a reservation was counted at the gate.
-    PERFORM creditgate.count_request(v_account, v_plan, v_feature.requests_key, v_usage_id, false);
+    -- (count_request, as usage that happened: past the quota it is debt on that key, and
+    -- the answer says so.)
+    IF v_feature.requests_key IS NOT NULL AND v_plan.allowances ? v_feature.requests_key THEN
+      v_quota_debt := creditgate.consume(v_account_id, v_feature.requests_key, 1000000, v_usage_id);
+    END IF;
   END IF;
   IF v_settling THEN
     PERFORM creditgate.expire_grants(v_account_id, v_feature.balance_key);
@@ -376,7 +382,7 @@ BEGIN
     'reservation', CASE WHEN v_res.id IS NOT NULL THEN jsonb_build_object(
       'id', v_res.id, 'status', 'settled',
       'released', CASE WHEN v_settling THEN greatest(v_res.amount - v_cost, 0) ELSE 0 END) END,
-    'overdraft', v_debt > 0));
+    'overdraft', v_debt > 0 OR v_quota_debt > 0));
 END
 $$;
 

@@ -46,6 +46,22 @@ class TestPutPlan:
         )
 
 
+class TestGuestPlan:
+    def test_no_account_can_be_put_on_the_guests_plan(self, client, service_headers, make_account):
+        account = make_account("free")
+        assert_problem(
+            client.put(f"/v1/accounts/{account}/plan", json={"plan": "anonymous"}, headers=service_headers),
+            422,
+            "invalid_request",
+        )
+        assert_problem(
+            client.put(f"/v1/accounts/new-{uuid.uuid4().hex[:8]}", json={"plan": "anonymous"}, headers=service_headers),
+            422,
+            "invalid_request",
+        )
+        assert balance(client, service_headers, account)["allowance"] == "100"
+
+
 class TestPostGrant:
     def test_grant_is_idempotent_by_key(self, client, service_headers, make_account):
         account = make_account("free")
@@ -67,6 +83,45 @@ class TestPostGrant:
             json={"amount": "1", "source": "promo", "reason": "x", "expires_at": "2001-01-01T00:00:00Z"},
         )
         assert_problem(response, 422, "invalid_request")
+
+    def test_a_key_the_catalog_does_not_use_is_refused(self, client, service_headers, make_account, sql):
+        account = make_account("free")
+        grant = {"amount": "5", "source": "promo", "reason": "x"}
+        refused = client.post(
+            f"/v1/accounts/{account}/grants",
+            headers={**service_headers, "Idempotency-Key": "k1"},
+            json={**grant, "key": "unknownkey"},
+        )
+        assert_problem(refused, 422, "invalid_request")
+        assert sql(
+            "SELECT count(*) FROM creditgate.balances WHERE account_id = %s AND key = 'unknownkey'", account
+        ) == [(0,)]
+        tokens = client.post(
+            f"/v1/accounts/{account}/grants",
+            headers={**service_headers, "Idempotency-Key": "k2"},
+            json={**grant, "key": "tokens"},
+        )
+        assert tokens.status_code == 201, tokens.text
+
+
+class TestMembers:
+    def test_put_then_delete(self, client, service_headers, make_account, ledger):
+        org = make_account("pro", owner="org")
+        user = f"user-{uuid.uuid4().hex[:8]}"
+        put = client.put(f"/v1/accounts/{org}/members/{user}", json={"role": "owner"}, headers=service_headers)
+        assert put.status_code == 200 and put.json() == {"account_id": org, "user_id": user, "role": "owner"}
+        assert ledger.is_member(org, user)
+        gone = client.delete(f"/v1/accounts/{org}/members/{user}", headers=service_headers)
+        assert gone.json() == {"account_id": org, "user_id": user, "removed": True}
+        assert not ledger.is_member(org, user)
+        again = client.delete(f"/v1/accounts/{org}/members/{user}", headers=service_headers)
+        assert again.status_code == 200 and again.json()["removed"] is False
+
+    def test_only_the_service_key(self, client, make_account):
+        org = make_account("pro", owner="org")
+        assert_problem(
+            client.delete(f"/v1/accounts/{org}/members/someone", headers=bearer(user_token())), 403, "forbidden"
+        )
 
 
 class TestMetrics:

@@ -100,6 +100,16 @@ class TestGetUsageSummary:
         assert by_model["totals"]["requests"] == 3
         by_feature = client.get(f"/v1/usage?account_id={account}&group_by=feature", headers=service_headers).json()
         assert {g["group"] for g in by_feature["items"]} == {"chat", "screenshot"}
+
+    def test_cost_is_credits_and_other_keys_are_shown_by_key(self, client, service_headers, make_account):
+        account = make_account("pro")
+        chat = spend(client, service_headers, account, 0, feature="chat", model="gpt-4o-mini")
+        spend(client, service_headers, account, 0, feature="chat_tokens", model="gpt-4o-mini")  # 2000 tokens
+        summary = client.get(f"/v1/usage?account_id={account}&group_by=feature", headers=service_headers).json()
+        groups = {g["group"]: g for g in summary["items"]}
+        assert groups["chat"]["cost"] == chat["cost"] and groups["chat"]["other_keys"] == {}
+        assert groups["chat_tokens"]["cost"] == "0" and groups["chat_tokens"]["other_keys"] == {"tokens": "2000"}
+        assert summary["totals"]["cost"] == chat["cost"] and summary["totals"]["other_keys"] == {"tokens": "2000"}
         assert_problem(
             client.get(f"/v1/usage?account_id={account}&group_by=planet", headers=service_headers),
             422,

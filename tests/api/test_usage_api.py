@@ -86,6 +86,34 @@ class TestPostUsagePricing:
         )
         assert response.json()["cost"] == expected_cost("gemini/gemini-2.5-flash", 1000, 1000)
 
+    @pytest.mark.parametrize(
+        "sent, priced_as",
+        [
+            ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),  # what OpenAI returns as response.model
+            ("openai/gpt-4o-mini", "gpt-4o-mini"),  # a gateway's provider prefix
+            ("GPT-4o-mini", "gpt-4o-mini"),
+            ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),  # Anthropic's dated id
+            ("claude-haiku-4-5@20251001", "claude-haiku-4-5"),  # Vertex AI's
+            ("claude-3-7-sonnet-20250219", "claude-3-7-sonnet-20250219"),  # listed as is: the exact name wins
+        ],
+    )
+    def test_names_providers_send_back_are_priced_as_the_model_they_name(
+        self, client, service_headers, make_account, sent, priced_as
+    ):
+        account = make_account("pro")
+        response = post_usage(
+            client, service_headers, account, model=sent, usage={"input_tokens": 1000, "output_tokens": 1000}
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["cost"] == expected_cost(priced_as, 1000, 1000)
+
+    def test_a_dated_name_of_an_unknown_model_is_still_unknown(self, client, service_headers, make_account):
+        account = make_account("pro")
+        response = post_usage(
+            client, service_headers, account, model="gpt-404-2024-07-18", usage={"input_tokens": 1, "output_tokens": 1}
+        )
+        assert_problem(response, 422, "unknown_model")
+
     def test_cost_usd_is_the_provider_cost(self, client, service_headers, make_account):
         account = make_account("pro")
         body = post_usage(

@@ -6,7 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from functions.core.accounts.schemas import AccountAnswer, AccountPut, GrantAnswer, GrantPost, MemberPut, PlanPut
+from functions.core.accounts.schemas import (
+    AccountAnswer,
+    AccountPut,
+    GrantAnswer,
+    GrantPost,
+    MemberAnswer,
+    MemberPut,
+    MemberRemoved,
+    PlanPut,
+)
 from functions.core.deps import LedgerDep, ServiceDep
 from functions.core.present import cost_usd, micro_fields
 from functions.core.schemas import AccountId, IdempotencyKey
@@ -34,11 +43,17 @@ def put_account(
     return present_account(answer)
 
 
-@router.put("/v1/accounts/{account_id}/members/{user_id}")
+@router.put("/v1/accounts/{account_id}/members/{user_id}", response_model=MemberAnswer)
 def put_member(
     account_id: AccountPath, user_id: AccountPath, body: MemberPut, caller: ServiceDep, ledger: LedgerDep
 ) -> dict:
     return ledger.set_member({"account_id": account_id, "user_id": user_id, "role": body.role})
+
+
+@router.delete("/v1/accounts/{account_id}/members/{user_id}", response_model=MemberRemoved)
+def delete_member(account_id: AccountPath, user_id: AccountPath, caller: ServiceDep, ledger: LedgerDep) -> dict:
+    """Removing someone who is not a member is a no-op (`removed: false`)."""
+    return ledger.remove_member({"account_id": account_id, "user_id": user_id})
 
 
 @router.put("/v1/accounts/{account_id}/plan", response_model=AccountAnswer)

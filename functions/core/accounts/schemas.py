@@ -1,16 +1,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from functions.core.money import Credits
 from functions.core.schemas import Slug, Strict
 
 
+def _not_for_guests(plan: str) -> str:
+    if plan == "anonymous":
+        raise ValueError("the anonymous plan describes guests; an account cannot be on it")
+    return plan
+
+
+AccountPlan = Annotated[Slug, AfterValidator(_not_for_guests)]
+
+
 class AccountPut(Strict):
-    plan: Slug = "free"
+    plan: AccountPlan = "free"
     owner: Literal["user", "org"] = "user"
     email: str | None = Field(None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
 
@@ -20,7 +29,19 @@ class MemberPut(Strict):
 
 
 class PlanPut(Strict):
-    plan: Slug
+    plan: AccountPlan
+
+
+class MemberAnswer(BaseModel):
+    account_id: str
+    user_id: str
+    role: str
+
+
+class MemberRemoved(BaseModel):
+    account_id: str
+    user_id: str
+    removed: bool
 
 
 class GrantPost(Strict):

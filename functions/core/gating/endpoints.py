@@ -15,7 +15,11 @@ from functions.core.schemas import AccountId
 
 router = APIRouter(tags=["gate"])
 DENIALS = {
-    402: {"model": GateDenied, "description": "insufficient_credits / debt_outstanding"},
+    402: {
+        "model": GateDenied,
+        "description": "insufficient_credits / debt_outstanding (packs help) / quota_exhausted (a plan's "
+        "requests, tokens or other quota: upgrade_to, resets_at)",
+    },
     403: {"model": GateDenied, "description": "feature_not_in_plan / agent_not_in_plan"},
     429: {"model": GateDenied, "description": "rate_limited / guest_limit_reached"},
 }

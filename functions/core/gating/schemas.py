@@ -69,10 +69,12 @@ class GateDenied(BaseModel):
     detail: str
     code: str
     allowed: Literal[False]
+    key: str | None = Field(None, description="the balance that was short (402)")
     required: str | None = None
     available: str | None = None
     packs: list[dict] | None = None
     upgrade_to: list[str] | None = None
+    resets_at: str | None = Field(None, description="quota_exhausted: when the period's allowance comes back")
     retry_after: int | None = None
 
 

@@ -24,6 +24,9 @@ class Ledger(ABC):
     def set_member(self, request: dict) -> dict:
         return self.rpc("creditgate_set_member", request)
 
+    def remove_member(self, request: dict) -> dict:
+        return self.rpc("creditgate_remove_member", request)
+
     def is_member(self, account_id: str, user_id: str) -> bool:
         return bool(self.rpc("creditgate_is_member", {"account_id": account_id, "user_id": user_id}))
 

@@ -67,6 +67,7 @@ def usage_summary(
     for row in [*answer["items"], answer["totals"]]:
         row["cost"] = format_micro(row["cost"])
         row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
+        row["other_keys"] = {key: format_micro(amount) for key, amount in row.get("other_keys", {}).items()}
     return answer
 
 

@@ -50,14 +50,26 @@ class UsageGroup(BaseModel):
     requests: int
     input_tokens: int
     output_tokens: int
-    cost: str
+    cost: str = Field(description="credits charged")
     cost_usd: str
+    other_keys: dict[str, str] = Field(
+        default_factory=dict, description="what was charged to other balance keys (tokens, requests, …), by key"
+    )
+
+
+class UsageTotals(BaseModel):
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost: str = Field(description="credits charged")
+    cost_usd: str
+    other_keys: dict[str, str] = Field(default_factory=dict)
 
 
 class UsageSummary(BaseModel):
     group_by: str
     items: list[UsageGroup]
-    totals: dict[str, Any]
+    totals: UsageTotals
 
 
 class Order(BaseModel):
