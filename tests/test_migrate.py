@@ -36,6 +36,19 @@ def execute(url: str, statement: str, *params) -> None:
         conn.execute(statement, params or None)
 
 
+class TestOrder:
+    def test_files_apply_in_the_order_of_their_numbers_past_99(self, tmp_path):
+        from functions.core.database import migration_order
+        from functions.core.supabase_export import supabase_name
+
+        names = ["100_later.sql", "20_ledger.sql", "99_last_two_digit.sql", "00_compat.sql"]
+        ordered = [p.name for p in sorted((tmp_path / n for n in names), key=migration_order)]
+        assert ordered == ["00_compat.sql", "20_ledger.sql", "99_last_two_digit.sql", "100_later.sql"]
+        # The Supabase CLI orders by timestamp: the same order.
+        stamps = [supabase_name(tmp_path / n) for n in ordered]
+        assert stamps == sorted(stamps)
+
+
 class TestMigrate:
     def test_records_a_checksum_per_file_and_has_nothing_more_to_do(self, database):
         recorded = checksums(database)

@@ -138,7 +138,13 @@ def _wait_ready(port: int, timeout: float = 30) -> None:
 
 
 def migrations() -> list[Path]:
-    return sorted(SQL_DIR.glob("*.sql"))
+    """sql/NN_name.sql in the order of their numbers (100_… comes after 99_…, not before 20_…)."""
+    return sorted(SQL_DIR.glob("*.sql"), key=migration_order)
+
+
+def migration_order(path: Path) -> tuple[int, str]:
+    number, _, _ = path.name.partition("_")
+    return int(number), path.name
 
 
 class MigrationChanged(RuntimeError):

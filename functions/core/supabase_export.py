@@ -18,7 +18,7 @@ from functions.core.database import COMPAT_SCRIPT, SQL_DIR, migrations
 
 MIGRATIONS_DIR = SQL_DIR.parent / "supabase" / "migrations"
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
-NAME = re.compile(r"^(\d{2})_([a-z0-9_]+)$")
+NAME = re.compile(r"^(\d{2,4})_([a-z0-9_]+)$")
 HEADER = (
     "-- Generated from sql/{source} by `creditgate supabase-export`. Edit sql/{source} and\n"
     "-- run the command again; never edit this copy.\n"
@@ -28,7 +28,7 @@ HEADER = (
 def supabase_name(path: Path) -> str:
     match = NAME.match(path.stem)
     if not match:
-        raise ValueError(f"sql/{path.name}: migration names must look like NN_name.sql")
+        raise ValueError(f"sql/{path.name}: migration names must look like NN_name.sql (NN: 2 to 4 digits)")
     stamp = EPOCH + timedelta(minutes=int(match.group(1)))
     return f"{stamp:%Y%m%d%H%M%S}_{match.group(2)}.sql"
 
