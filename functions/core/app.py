@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from functions.core.errors import PROBLEM_JSON, InvalidRequest, PayloadTooLarge, ProblemError
+from functions.core.openapi import EVERY_ROUTE, problem_media_types
 from functions.core.settings import Settings, get_settings
 
 logger = logging.getLogger("creditgate")
@@ -84,7 +85,16 @@ def create_app(name: str, *routers: Any, settings: Settings | None = None, ledge
         title=f"creditgate — {name}",
         version=VERSION,
         description="Credits, plans and metering for AI products. Errors are RFC 9457 problem+json.",
+        responses=EVERY_ROUTE,
     )
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problem_media_types(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.state.settings = settings
     app.state.ledger = ledger
 

@@ -181,7 +181,24 @@ class TestPublicReads:
         ]:
             assert path in paths, path
         gate = paths["/v1/gate"]["post"]
-        assert {"200", "402", "403", "429", "422"} <= gate["responses"].keys()
+        assert {"200", "401", "402", "403", "404", "409", "422", "429"} <= gate["responses"].keys()
+
+    def test_openapi_describes_errors_as_the_problems_they_are(self, client):
+        document = client.get("/openapi.json").json()
+        assert "HTTPValidationError" not in str(document)
+        problem = document["components"]["schemas"]["Problem"]
+        assert {"type", "title", "status", "detail", "code"} <= set(problem["required"])
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                for status, response in operation["responses"].items():
+                    if status[0] in "45":
+                        assert list(response.get("content", {})) == ["application/problem+json"], (path, method, status)
+        usage = document["paths"]["/v1/usage"]["post"]["responses"]
+        assert {"200", "201", "409"} <= usage.keys()  # a replay answers 200
+        # And a real error is what the document says.
+        response = client.post("/v1/gate", json={})
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert set(problem["required"]) <= response.json().keys()
 
 
 class TestBalanceFunctionOpenapi:

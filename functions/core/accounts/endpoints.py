@@ -17,10 +17,11 @@ from functions.core.accounts.schemas import (
     PlanPut,
 )
 from functions.core.deps import LedgerDep, ServiceDep
+from functions.core.openapi import IDEMPOTENT, SIGNED_IN
 from functions.core.present import cost_usd, micro_fields
 from functions.core.schemas import AccountId, IdempotencyKey
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], responses=SIGNED_IN)
 AccountPath = Annotated[AccountId, Path()]
 
 
@@ -61,7 +62,7 @@ def put_plan(account_id: AccountPath, body: PlanPut, caller: ServiceDep, ledger:
     return present_account(ledger.change_plan({"account_id": account_id, "plan": body.plan}))
 
 
-@router.post("/v1/accounts/{account_id}/grants", response_model=GrantAnswer, status_code=201)
+@router.post("/v1/accounts/{account_id}/grants", response_model=GrantAnswer, status_code=201, responses=IDEMPOTENT)
 def post_grant(
     account_id: AccountPath,
     body: GrantPost,

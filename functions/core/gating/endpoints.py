@@ -10,10 +10,11 @@ from fastapi import APIRouter, Query
 from functions.core.deps import AccountHeader, CallerDep, LedgerDep, ServiceDep, resolve_account
 from functions.core.errors import InvalidRequest
 from functions.core.gating.schemas import Entitlements, GateAllowed, GateDenied, GateRequest, ReleaseAnswer
+from functions.core.openapi import IDEMPOTENT, SIGNED_IN
 from functions.core.present import micro_fields
 from functions.core.schemas import AccountId
 
-router = APIRouter(tags=["gate"])
+router = APIRouter(tags=["gate"], responses=SIGNED_IN)
 DENIALS = {
     402: {
         "model": GateDenied,
@@ -36,7 +37,9 @@ def present_gate(answer: dict) -> dict:
     return out
 
 
-@router.post("/v1/gate", response_model=GateAllowed, responses=DENIALS, response_model_exclude_none=False)
+@router.post(
+    "/v1/gate", response_model=GateAllowed, responses={**DENIALS, **IDEMPOTENT}, response_model_exclude_none=False
+)
 def gate(body: GateRequest, caller: CallerDep, ledger: LedgerDep, x_account_id: AccountHeader = None) -> dict:
     request = body.model_dump(exclude_none=True)
     if request["mode"] != "check" and not body.idempotency_key and caller.kind != "guest":

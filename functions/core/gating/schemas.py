@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from functions.core.schemas import AccountId, Balance, IdempotencyKey, ModelName, Quantity, Slug, Strict, TokenCount
 
@@ -79,8 +79,17 @@ class GateDenied(BaseModel):
 
 
 class Entitlement(BaseModel):
+    """One feature or agent: allowed, or why not and what would help. Features also say
+    their `kind`, `balance_key` and `available`; a quota says `key` and `resets_at`."""
+
+    model_config = ConfigDict(extra="allow")
+
     allowed: bool
-    reason: str | None = None
+    reason: str | None = Field(
+        None,
+        description="feature_not_in_plan / agent_not_in_plan / debt_outstanding / insufficient_credits / "
+        "quota_exhausted",
+    )
     upgrade_to: list[str] | None = None
 
 
@@ -88,8 +97,8 @@ class Entitlements(BaseModel):
     account_id: str | None
     plan: dict
     status: str
-    features: dict[str, dict]
-    agents: dict[str, dict]
+    features: dict[str, Entitlement]
+    agents: dict[str, Entitlement]
 
 
 class ReleaseAnswer(BaseModel):

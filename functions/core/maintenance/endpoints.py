@@ -12,8 +12,15 @@ from functions.core.deps import LedgerDep, SettingsDep
 from functions.core.errors import ServiceUnavailable, Unauthenticated
 from functions.core.maintenance.run import DEFAULT_LIMIT, run_maintenance
 from functions.core.maintenance.schemas import MaintenanceAnswer
+from functions.core.openapi import problem
 
-router = APIRouter(tags=["maintenance"])
+router = APIRouter(
+    tags=["maintenance"],
+    responses={
+        401: problem("unauthenticated: not Authorization: Bearer <CRON_SECRET>"),
+        503: problem("cron_not_configured: CRON_SECRET is not set"),
+    },
+)
 
 
 def require_cron_secret(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:

@@ -8,9 +8,10 @@ from pydantic import ValidationError
 from functions.core.deps import LedgerDep, ServiceDep
 from functions.core.errors import ledger_problem
 from functions.core.metering.schemas import BatchAnswer, BatchRequest, UsageAnswer, UsageRequest
+from functions.core.openapi import IDEMPOTENT, SIGNED_IN
 from functions.core.present import cost_usd, micro_fields
 
-router = APIRouter(tags=["usage"])
+router = APIRouter(tags=["usage"], responses=SIGNED_IN)
 
 
 def present_usage(answer: dict) -> dict:
@@ -23,7 +24,15 @@ def present_usage(answer: dict) -> dict:
     return out
 
 
-@router.post("/v1/usage", status_code=201, response_model=UsageAnswer)
+@router.post(
+    "/v1/usage",
+    status_code=201,
+    response_model=UsageAnswer,
+    responses={
+        200: {"model": UsageAnswer, "description": "a replay: the first answer, `replayed: true`"},
+        **IDEMPOTENT,
+    },
+)
 def record_usage(body: UsageRequest, caller: ServiceDep, ledger: LedgerDep, response: Response) -> dict:
     answer = present_usage(ledger.record_usage(body.to_rpc()))
     if answer["replayed"]:

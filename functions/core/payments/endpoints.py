@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from functions.core.deps import AccountHeader, LedgerDep, SettingsDep, SignedInDep, resolve_account
 from functions.core.errors import NotFound
+from functions.core.openapi import SIGNED_IN, problem
 from functions.core.payments import simulated
 from functions.core.payments.checkout import SIMULATED_PREFIX, create_checkout
 from functions.core.payments.provider import payments_mode
@@ -17,7 +18,7 @@ from functions.core.payments.schemas import CheckoutAnswer, CheckoutRequest, Web
 from functions.core.payments.webhook import handle_webhook
 from functions.core.schemas import IdempotencyKey
 
-checkout_router = APIRouter(tags=["checkout"])
+checkout_router = APIRouter(tags=["checkout"], responses=SIGNED_IN)
 webhook_router = APIRouter(tags=["webhook"])
 SessionPath = Annotated[str, Path(min_length=8, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -28,10 +29,10 @@ SessionPath = Annotated[str, Path(min_length=8, max_length=100, pattern=r"^[A-Za
     status_code=201,
     responses={
         200: {"model": CheckoutAnswer, "description": "replay of an Idempotency-Key: the same order"},
-        409: {"description": "price_not_configured / already_subscribed / idempotency_conflict"},
-        422: {"description": "unknown_pack / unknown_plan / invalid_request (return URL not allowed)"},
-        502: {"description": "payment_provider_error: Stripe failed; nothing was charged"},
-        503: {"description": "stripe_not_configured"},
+        409: problem("price_not_configured / already_subscribed / idempotency_conflict"),
+        422: problem("unknown_pack / unknown_plan / invalid_request (return URL not allowed)"),
+        502: problem("payment_provider_error: Stripe failed; nothing was charged"),
+        503: problem("stripe_not_configured"),
     },
 )
 def checkout(
@@ -86,8 +87,8 @@ def simulated_checkout_pay(session_id: SessionPath, ledger: LedgerDep, settings:
     "/v1/webhooks/stripe",
     response_model=WebhookAnswer,
     responses={
-        400: {"description": "invalid_signature (bad, missing or stale) / invalid_payload; nothing changed"},
-        503: {"description": "stripe_not_configured: no STRIPE_WEBHOOK_SECRET"},
+        400: problem("invalid_signature (bad, missing or stale) / invalid_payload; nothing changed"),
+        503: problem("stripe_not_configured: no STRIPE_WEBHOOK_SECRET"),
     },
     # The body is read raw (the signature covers its exact bytes), so it is described here.
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}},

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from functions.core.deps import AccountHeader, LedgerDep, SignedInDep, resolve_account
 from functions.core.errors import ProblemError
 from functions.core.money import PRICE_FIELDS, format_micro, minor_to_major
+from functions.core.openapi import SIGNED_IN, problem
 from functions.core.present import cost_usd, micro_fields, pack
 from functions.core.reporting.schemas import BalanceAnswer, Catalog, Health, Orders, Prices, Transactions, UsageSummary
 from functions.core.schemas import AccountId
@@ -19,7 +20,7 @@ router = APIRouter(tags=["balance"])
 AccountQuery = Annotated[AccountId | None, Query(description="required with a service key")]
 
 
-@router.get("/v1/balance", response_model=BalanceAnswer)
+@router.get("/v1/balance", response_model=BalanceAnswer, responses=SIGNED_IN)
 def balance(
     caller: SignedInDep, ledger: LedgerDep, account_id: AccountQuery = None, x_account_id: AccountHeader = None
 ) -> dict:
@@ -28,7 +29,7 @@ def balance(
     return answer
 
 
-@router.get("/v1/transactions", response_model=Transactions)
+@router.get("/v1/transactions", response_model=Transactions, responses=SIGNED_IN)
 def transactions(
     caller: SignedInDep,
     ledger: LedgerDep,
@@ -45,7 +46,7 @@ def transactions(
     return answer
 
 
-@router.get("/v1/usage", response_model=UsageSummary)
+@router.get("/v1/usage", response_model=UsageSummary, responses=SIGNED_IN)
 def usage_summary(
     caller: SignedInDep,
     ledger: LedgerDep,
@@ -71,7 +72,7 @@ def usage_summary(
     return answer
 
 
-@router.get("/v1/orders", response_model=Orders)
+@router.get("/v1/orders", response_model=Orders, responses=SIGNED_IN)
 def orders(
     caller: SignedInDep, ledger: LedgerDep, account_id: AccountQuery = None, x_account_id: AccountHeader = None
 ) -> dict:
@@ -123,7 +124,11 @@ def prices(ledger: LedgerDep) -> dict:
     return {"items": items, "credits_per_usd": raw["credits_per_usd"], "markup": markup}
 
 
-@router.get("/v1/health", response_model=Health, responses={503: {"description": "database unreachable"}})
+@router.get(
+    "/v1/health",
+    response_model=Health,
+    responses={503: problem("database_unavailable: the database is unreachable (`database: unreachable`)")},
+)
 def health(ledger: LedgerDep):
     try:
         answer = ledger.health()
