@@ -12,6 +12,7 @@ from .stripe_api import CheckoutEndpoints
 from .stripe_params import (
     EXPAND,
     PAGING,
+    PORTAL_SESSION_CREATE,
     REFUND_CREATE,
     SUBSCRIPTION_CANCEL,
     SUBSCRIPTION_ITEM_UPDATE,
@@ -33,6 +34,22 @@ from .stripe_wire import (
 
 
 class StripeEndpoints(CheckoutEndpoints):
+    # ----------------------------------------------------------------- billing portal
+
+    def api_create_billing_portal_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        check_known(params, PORTAL_SESSION_CREATE)
+        if "customer" not in params:
+            raise missing_param("customer")
+        customer = self._find("customer", params["customer"], "customer")
+        return_url = params.get("return_url")
+        if return_url is not None and not (isinstance(return_url, str) and re.match(r"^https?://[^\s/]+", return_url)):
+            raise invalid("Not a valid URL", param="return_url", code="url_invalid")
+        self._tick()
+        session = billing_objects.billing_portal_session(
+            self.ids.new("bps"), self._clock, customer=customer["id"], return_url=return_url
+        )
+        return self._render(self._put(session), params)
+
     # ----------------------------------------------------------------- payments
 
     def api_retrieve_payment_intent(self, params: dict[str, Any], id: str) -> dict[str, Any]:
@@ -359,6 +376,7 @@ class StripeEndpoints(CheckoutEndpoints):
 
 ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"/v1/customers", "api_create_customer"),
+    ("POST", r"/v1/billing_portal/sessions", "api_create_billing_portal_session"),
     ("GET", r"/v1/customers", "api_list_customers"),
     ("GET", r"/v1/customers/(?P<id>[^/]+)", "api_retrieve_customer"),
     ("POST", r"/v1/products", "api_create_product"),

@@ -326,3 +326,19 @@ def invoice_payment(
         "status": "paid" if paid_at else "open",
         "status_transitions": {"canceled_at": None, "paid_at": paid_at},
     }
+
+
+def billing_portal_session(id: str, created: int, *, customer: str, return_url: str | None) -> dict[str, Any]:
+    return {
+        "id": id,
+        "object": "billing_portal.session",
+        "configuration": "bpc_default",
+        "created": created,
+        "customer": customer,
+        "flow": None,
+        "livemode": False,
+        "locale": None,
+        "on_behalf_of": None,
+        "return_url": return_url,
+        "url": f"https://billing.stripe.com/p/session/test_{id[4:]}",
+    }

@@ -77,3 +77,6 @@ REFUND_CREATE = frozenset(
 HOSTED_UI = ("hosted", "hosted_page")
 EMBEDDED_UI = ("embedded", "embedded_page")
 UI_MODES = ("custom", "elements", "embedded", "embedded_page", "form", "hosted", "hosted_page")
+PORTAL_SESSION_CREATE = frozenset(
+    "configuration customer customer_account expand flow_data locale on_behalf_of return_url".split()
+)

@@ -91,6 +91,9 @@ class Ledger(ABC):
     def create_order(self, request: dict) -> dict:
         return self.rpc("creditgate_create_order", request)
 
+    def billing_customer(self, account_id: str) -> dict:
+        return self.rpc("creditgate_billing_customer", {"account_id": account_id})
+
     def set_stripe_customer(self, account_id: str, customer_id: str) -> str:
         answer = self.rpc("creditgate_set_stripe_customer", {"account_id": account_id, "customer_id": customer_id})
         return answer["stripe_customer_id"]

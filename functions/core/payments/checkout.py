@@ -39,17 +39,40 @@ def return_urls(settings: Settings, success_url: str | None, cancel_url: str | N
     base = settings.public_url.rstrip("/")
     success_url = success_url or f"{base}/v1/checkout/complete?session_id={{CHECKOUT_SESSION_ID}}"
     cancel_url = cancel_url or f"{base}/v1/checkout/canceled"
-    allowed = {origin_of(o) for o in [*settings.allowed_origin_list, base]} - {None}
+    require_allowed(settings, {"success_url": success_url, "cancel_url": cancel_url})
+    return success_url, cancel_url
+
+
+def require_allowed(settings: Settings, urls: dict[str, str]) -> None:
+    allowed = {origin_of(o) for o in [*settings.allowed_origin_list, settings.public_url.rstrip("/")]} - {None}
     errors = [
         {"loc": ["body", name], "msg": "must be an http(s) URL on one of the allowed origins", "type": "value_error"}
-        for name, url in (("success_url", success_url), ("cancel_url", cancel_url))
+        for name, url in urls.items()
         if origin_of(url) not in allowed
     ]
     if errors:
         raise InvalidRequest(
             f"{errors[0]['loc'][1]}: not on an allowed origin (CREDITGATE_ALLOWED_ORIGINS)", errors=errors
         )
-    return success_url, cancel_url
+
+
+def open_billing_portal(account_id: str, return_url: str | None, settings: Settings, ledger: Ledger) -> dict[str, Any]:
+    """Stripe's customer portal for the account's Stripe customer: where a subscriber
+    changes or cancels the plan; the webhook applies what they do there."""
+    if provider.payments_mode(settings) != "stripe":
+        raise provider.stripe_not_configured()
+    return_url = return_url or settings.public_url.rstrip("/")
+    require_allowed(settings, {"return_url": return_url})
+    customer = ledger.billing_customer(account_id)["stripe_customer_id"]
+    if not customer:
+        raise ProblemError(
+            "The account has not paid through Stripe yet, so there is no billing to manage",
+            status=409,
+            code="no_stripe_customer",
+            title="No Stripe customer",
+            account_id=account_id,
+        )
+    return {"account_id": account_id, "url": provider.create_portal_session(settings, customer, return_url)}
 
 
 def answer(order: dict[str, Any], replayed: bool) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Checkout (with the offline payment pages) and the Stripe webhook."""
+"""Checkout (with the offline payment pages), the billing portal, and the Stripe webhook."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from functions.core.deps import AccountHeader, LedgerDep, SettingsDep, SignedInD
 from functions.core.errors import NotFound
 from functions.core.openapi import SIGNED_IN, problem
 from functions.core.payments import simulated
-from functions.core.payments.checkout import SIMULATED_PREFIX, create_checkout
+from functions.core.payments.checkout import SIMULATED_PREFIX, create_checkout, open_billing_portal
 from functions.core.payments.provider import payments_mode
-from functions.core.payments.schemas import CheckoutAnswer, CheckoutRequest, WebhookAnswer
+from functions.core.payments.schemas import CheckoutAnswer, CheckoutRequest, PortalAnswer, PortalRequest, WebhookAnswer
 from functions.core.payments.webhook import handle_webhook
 from functions.core.schemas import IdempotencyKey
 
@@ -81,6 +81,28 @@ def simulated_checkout_pay(session_id: SessionPath, ledger: LedgerDep, settings:
         handle_webhook(payload, simulated.sign(payload, secret), settings, ledger, secret=secret)
     target = (order["success_url"] or "").replace("{CHECKOUT_SESSION_ID}", session_id)
     return RedirectResponse(target, status_code=303)
+
+
+@checkout_router.post(
+    "/v1/billing-portal",
+    response_model=PortalAnswer,
+    status_code=201,
+    responses={
+        409: problem("no_stripe_customer: the account never paid through Stripe"),
+        422: problem("invalid_request (return URL not allowed)"),
+        502: problem("payment_provider_error: Stripe failed"),
+        503: problem("stripe_not_configured (simulated payments have no portal)"),
+    },
+)
+def billing_portal(
+    body: PortalRequest,
+    caller: SignedInDep,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+    x_account_id: AccountHeader = None,
+) -> dict:
+    account_id = resolve_account(caller, ledger, body.account_id, x_account_id)
+    return open_billing_portal(account_id, body.return_url, settings, ledger)
 
 
 @webhook_router.post(

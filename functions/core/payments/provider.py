@@ -96,6 +96,15 @@ def create_checkout_session(settings: Settings, params: dict[str, Any], idempote
     return session.id, session.url
 
 
+def create_portal_session(settings: Settings, customer: str, return_url: str) -> str:
+    # Not a payment and nothing to repeat safely or not: a fresh, short-lived session each time.
+    with provider_call("open the billing portal"):
+        session = stripe_client(settings).v1.billing_portal.sessions.create(
+            params={"customer": customer, "return_url": return_url}
+        )
+    return session.url
+
+
 def session_line_items(settings: Settings, session_id: str) -> dict[str, Any]:
     with provider_call("list the session's line items"):
         items = stripe_client(settings).v1.checkout.sessions.line_items.list(session_id, params={"limit": 10})

@@ -39,6 +39,16 @@ class CheckoutAnswer(BaseModel):
     replayed: bool = False
 
 
+class PortalRequest(Strict):
+    account_id: AccountId | None = None
+    return_url: str | None = Field(None, min_length=8, max_length=2000, description="where Stripe sends the user back")
+
+
+class PortalAnswer(BaseModel):
+    account_id: str
+    url: str = Field(description="Stripe's billing portal for this account: redirect the user there")
+
+
 class WebhookAnswer(BaseModel):
     received: bool
     duplicate: bool
