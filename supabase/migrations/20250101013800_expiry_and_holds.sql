@@ -2,13 +2,13 @@
 -- run the command again; never edit this copy.
 -- Expiry that respects holds, and grants that expire on time.
 --
--- A hold is paid, when it settles, from the live grants in burn order (priority, then
--- soonest expiry, then oldest): it covers the first `reserved` of them in that order.
--- Expiry used to take "whatever is available" from an expiring grant instead, so a hold
--- across a reset or a plan change was later paid from the user's other grants (a pack,
--- the new period's allowance) while the part it covered was expired: credits lost, and
--- the ledger still balanced. Now only the part of an expired grant that no hold covers
--- goes; the rest goes when its hold settles or is released.
+-- A grant that expires while holds made before its expiry cover part of it keeps that
+-- part for them: such a hold is paid from it when it settles (expiry used to take
+-- "whatever is available" instead, so the hold was later paid from the user's pack or
+-- next allowance: credits lost, the ledger still balanced). Nothing else may spend that
+-- part (a commit, usage without a hold, another hold's settle, a claw-back): a grant past
+-- its expiry is burned only by a hold made before it expired. When the holds end, what
+-- is left of it goes.
 --
 -- A grant's own time (a promo's expires_at) was only enforced by the next maintenance
 -- run, so an expired grant could still be spent; every call that locks an account now
@@ -16,7 +16,8 @@
 --
 -- Coming back to a plan within the period it was left in (A -> B -> A, or a lapsed
 -- Stripe subscription paid again) gave no allowance: its allowance for the period had
--- been granted once and was expired on leaving. What was taken from it then comes back.
+-- been granted once and was expired on leaving. What was taken from it then comes back,
+-- and what holds kept of it is its own again.
 --
 -- A released or expired hold could be settled by any number of usage calls, each
 -- charging again; it now serves one. Usage of a feature priced by tokens needs token
@@ -24,20 +25,129 @@
 
 -- Expire lines are few (at most one or two per grant) and looked up by grant.
 CREATE INDEX ledger_entries_expired ON creditgate.ledger_entries (grant_id) WHERE kind = 'expire';
+-- "Is a grant of this account due?" on every call: by account, not across all accounts.
+CREATE INDEX grants_due ON creditgate.grants (account_id, expires_at) WHERE live;
 
--- What of an expired grant can go now: its remaining, less what the balance's holds
--- cover of it in burn order, and never more than is available.
+-- Whether a grant of the account is past its time (it may still be covered by holds).
+CREATE FUNCTION creditgate.grant_due(p_account_id text)
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+BEGIN
+  RETURN coalesce((SELECT min(expires_at) FROM creditgate.grants WHERE account_id = p_account_id AND live) <= now(),
+                  false);
+END
+$$;
+
+-- What of an expired grant can go now: its remaining, less what the holds made before it
+-- expired cover of it in burn order, and never more than is available.
 CREATE FUNCTION creditgate.expirable(p_grant creditgate.grants, p_balance creditgate.balances)
 RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = '' AS $$
 DECLARE
   v_upto bigint;
+  v_held bigint;
 BEGIN
   -- Live grants burned before this one, and this one. A grant without an expiry sorts
   -- after every expiring grant of its priority (the row comparison is NULL for it).
   SELECT coalesce(sum(o.remaining), 0) INTO v_upto FROM creditgate.grants o
   WHERE o.account_id = p_grant.account_id AND o.key = p_grant.key AND o.live
     AND (o.priority, o.expires_at, o.id) <= (p_grant.priority, p_grant.expires_at, p_grant.id);
-  RETURN greatest(least(p_grant.remaining, p_balance.available, v_upto - p_balance.reserved), 0);
+  SELECT coalesce(sum(amount), 0) INTO v_held FROM creditgate.reservations
+  WHERE account_id = p_grant.account_id AND key = p_grant.key AND status = 'active'
+    AND created_at < p_grant.expires_at;
+  RETURN greatest(least(p_grant.remaining, p_balance.available, v_upto - v_held), 0);
+END
+$$;
+
+-- Burn order: priority, then soonest expiry, then oldest (20_ledger.sql), over the grants
+-- that were not yet expired at `p_made_at`: now for a spend, the hold's creation for a
+-- hold's settle. Most calls fit in the first such grant: one indexed, HOT update.
+-- Otherwise one statement takes `p_amount` across them in order; should they hold less
+-- (they cannot, as long as only holds made before an expiry cover the expired grant),
+-- the rest is taken in plain burn order, so the balance and its grants never disagree.
+DROP FUNCTION creditgate.burn_grants(text, text, bigint);
+CREATE FUNCTION creditgate.burn_grants(p_account_id text, p_key text, p_amount bigint,
+  p_made_at timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+  v_since timestamptz := coalesce(p_made_at, now());
+  v_taken bigint;
+BEGIN
+  IF p_amount <= 0 THEN
+    RETURN;
+  END IF;
+  UPDATE creditgate.grants SET remaining = remaining - p_amount
+   WHERE id = (SELECT id FROM creditgate.grants
+               WHERE account_id = p_account_id AND key = p_key AND live
+                 AND (expires_at IS NULL OR expires_at > v_since)
+               ORDER BY priority, expires_at, id LIMIT 1)
+     AND remaining >= p_amount;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  WITH ordered AS (
+    SELECT id, remaining,
+           sum(remaining) OVER (ORDER BY priority, expires_at, id) AS upto
+    FROM creditgate.grants
+    WHERE account_id = p_account_id AND key = p_key AND live AND (expires_at IS NULL OR expires_at > v_since)
+  ), taken AS (
+    SELECT id, least(remaining, p_amount - (upto - remaining)) AS take
+    FROM ordered WHERE upto - remaining < p_amount
+  ), burned AS (
+    UPDATE creditgate.grants g SET remaining = g.remaining - t.take
+    FROM taken t WHERE g.id = t.id
+    RETURNING t.take
+  )
+  SELECT coalesce(sum(take), 0) INTO v_taken FROM burned;
+  IF v_taken < p_amount THEN
+    WITH ordered AS (
+      SELECT id, remaining, sum(remaining) OVER (ORDER BY priority, expires_at, id) AS upto
+      FROM creditgate.grants WHERE account_id = p_account_id AND key = p_key AND live
+    ), taken AS (
+      SELECT id, least(remaining, p_amount - v_taken - (upto - remaining)) AS take
+      FROM ordered WHERE upto - remaining < p_amount - v_taken
+    )
+    UPDATE creditgate.grants g SET remaining = g.remaining - t.take FROM taken t WHERE g.id = t.id;
+  END IF;
+END
+$$;
+
+-- The consume of 96_used_this_period.sql; a hold's settle burns as the hold may
+-- (`p_hold_made_at`, see burn_grants).
+DROP FUNCTION creditgate.consume(text, text, bigint, uuid, bigint);
+CREATE FUNCTION creditgate.consume(
+  p_account_id text, p_key text, p_amount bigint, p_usage_id uuid DEFAULT NULL, p_freed bigint DEFAULT 0,
+  p_hold_made_at timestamptz DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+  v_pay_debt bigint := 0;
+  v_paid bigint := 0;
+  v_balance creditgate.balances;
+BEGIN
+  IF p_amount <= 0 AND p_freed <= 0 THEN
+    RETURN 0;
+  END IF;
+  p_amount := greatest(p_amount, 0);
+  SELECT least(debt, p_freed), least(available + p_freed - least(debt, p_freed), p_amount)
+  INTO v_pay_debt, v_paid
+  FROM creditgate.balances WHERE account_id = p_account_id AND key = p_key;
+  IF NOT FOUND THEN
+    PERFORM creditgate.ensure_balance(p_account_id, p_key);
+    v_pay_debt := 0;
+    v_paid := 0;
+  END IF;
+  UPDATE creditgate.balances
+     SET reserved = reserved - p_freed,
+         available = available + p_freed - v_pay_debt - v_paid,
+         debt = debt - v_pay_debt + (p_amount - v_paid),
+         -- Counted unless the call began before the current period (see charge).
+         used_this_period = used_this_period + CASE WHEN now() >= (
+           SELECT period_start FROM creditgate.accounts WHERE id = p_account_id) THEN p_amount ELSE 0 END
+   WHERE account_id = p_account_id AND key = p_key
+  RETURNING * INTO v_balance;
+  PERFORM creditgate.burn_grants(p_account_id, p_key, v_pay_debt + v_paid, p_hold_made_at);
+  IF p_amount > 0 THEN
+    PERFORM creditgate.journal(v_balance, 'consume', -p_amount, NULL, p_usage_id);
+  END IF;
+  RETURN p_amount - v_paid;
 END
 $$;
 
@@ -80,8 +190,7 @@ DECLARE
   v_end timestamptz;
 BEGIN
   IF p_account.period_end > now() THEN
-    IF EXISTS (SELECT 1 FROM creditgate.grants
-               WHERE account_id = p_account.id AND live AND expires_at <= now()) THEN
+    IF creditgate.grant_due(p_account.id) THEN
       PERFORM creditgate.expire_grants(p_account.id);
     END IF;
     RETURN p_account;
@@ -113,8 +222,7 @@ BEGIN
   IF NOT FOUND THEN
     PERFORM creditgate.fail(404, 'account_not_found', jsonb_build_object('account_id', p_account_id));
   END IF;
-  IF (v.period_end <= now() AND v.billing_source = 'local')
-     OR EXISTS (SELECT 1 FROM creditgate.grants WHERE account_id = v.id AND live AND expires_at <= now()) THEN
+  IF (v.period_end <= now() AND v.billing_source = 'local') OR creditgate.grant_due(v.id) THEN
     v := creditgate.roll_period(creditgate.lock_account(p_account_id));
   END IF;
   RETURN v;
@@ -122,26 +230,34 @@ END
 $$;
 
 -- On coming back to the account's plan within a period whose allowance of it was already
--- granted and then expired on leaving: what the expiry took comes back, as a new grant
--- keyed by the one it replaces (a second call finds it granted). Not a whole allowance:
--- what was used of it before leaving stays used.
+-- granted: what holds kept of it (cut to end when the account left) runs to the period's
+-- end again, and what expired when it left comes back as a new grant: everything that
+-- expired of the plan's allowance this period, less what earlier returns gave back. Not
+-- a whole allowance: what was used of it stays used.
 CREATE FUNCTION creditgate.reinstate_allowances(p_account creditgate.accounts)
 RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
-  g creditgate.grants;
+  a record;
   v_expired bigint;
 BEGIN
-  FOR g IN
-    SELECT DISTINCT ON (key) * FROM creditgate.grants
+  UPDATE creditgate.grants SET expires_at = p_account.period_end
+   WHERE account_id = p_account.id AND source = 'allowance' AND plan_id = p_account.plan_id
+     AND period_start = p_account.period_start AND live AND expires_at < p_account.period_end;
+  FOR a IN
+    SELECT key, min(external_ref) FILTER (WHERE external_ref NOT LIKE '%:back:%') AS ref,
+           coalesce(sum(amount) FILTER (WHERE external_ref LIKE '%:back:%'), 0)::bigint AS given_back,
+           count(*) FILTER (WHERE external_ref LIKE '%:back:%') AS returns,
+           array_agg(id) AS ids
+    FROM creditgate.grants
     WHERE account_id = p_account.id AND source = 'allowance' AND plan_id = p_account.plan_id
       AND period_start = p_account.period_start
-    ORDER BY key, id DESC
+    GROUP BY key
   LOOP
     SELECT coalesce(-sum(amount), 0) INTO v_expired FROM creditgate.ledger_entries
-    WHERE grant_id = g.id AND kind = 'expire';
-    IF v_expired > 0 THEN
-      PERFORM creditgate.add_grant(p_account.id, g.key, 'allowance', v_expired,
-        g.external_ref || ':back:' || g.id, p_account.period_end, NULL, p_account.plan_id, p_account.period_start);
+    WHERE grant_id = ANY (a.ids) AND kind = 'expire';
+    IF v_expired > a.given_back AND a.ref IS NOT NULL THEN
+      PERFORM creditgate.add_grant(p_account.id, a.key, 'allowance', v_expired - a.given_back,
+        a.ref || ':back:' || (a.returns + 1), p_account.period_end, NULL, p_account.plan_id, p_account.period_start);
     END IF;
   END LOOP;
 END
@@ -357,7 +473,8 @@ BEGIN
 
   -- Settling frees the hold and charges the actual cost in one movement of the balance.
   v_debt := creditgate.consume(v_account_id, v_feature.balance_key, v_cost, v_usage_id,
-                               CASE WHEN v_settling THEN v_res.amount ELSE 0 END);
+                               CASE WHEN v_settling THEN v_res.amount ELSE 0 END,
+                               CASE WHEN v_settling THEN v_res.created_at END);
   IF v_debt > 0 THEN
     UPDATE creditgate.usage_events SET debt_added = v_debt WHERE id = v_usage_id;
   END IF;

@@ -91,6 +91,11 @@ BAD_JSON = [
     # A call priced by tokens that names no tokens would be charged 0.
     ("gate", "commit by tokens without an estimate", lambda a: gate(a, mode="commit", estimate=None)),
     ("gate", "reserve by tokens with a quantity", lambda a: gate(a, estimate={"quantity": 2})),
+    (
+        "gate",
+        "commit on chat_tokens with an empty estimate",
+        lambda a: gate(a, feature="chat_tokens", mode="commit", estimate={}),
+    ),
     ("gate", "commit by model without a model", lambda a: gate(a, mode="commit", model=None)),
     (
         "gate",

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from functions.core.errors import ProblemError
-from tests.conftest import MICRO, available, grant
+from tests.conftest import MICRO, available, commit, grant
 from tests.ledger.test_periods import age
 
 
@@ -102,6 +102,55 @@ class TestHoldsAcrossExpiry:
         assert ledger.reconcile(account)["ok"]
 
 
+class TestNothingElseSpendsWhatAHoldKeeps:
+    """The part of an expired grant that a hold made before the expiry keeps is that hold's:
+    a commit, usage without a hold, or another hold spends the user's other credits."""
+
+    def test_a_commit_after_the_reset_while_the_old_hold_is_open(self, ledger, make_account, sql, welcome):
+        account = make_account("free")
+        hold = reserve(ledger, account, 100)  # all of this period's allowance
+        age(sql, account, 1)
+        ledger.balance(account)  # the new period: the old allowance is expired, kept for the hold
+        commit(ledger, account, feature="ai_message", quantity=100 * 5)  # paid by the new allowance
+        ledger.release_reservation({"reservation_id": hold["id"]})  # the old allowance goes now
+        assert available(ledger, account) == welcome
+        assert ledger.reconcile(account)["ok"]
+
+    def test_a_plan_change_then_a_commit_while_the_hold_is_open(self, ledger, make_account, welcome):
+        account = make_account("free")
+        hold = reserve(ledger, account, 100)
+        ledger.change_plan({"account_id": account, "plan": "starter"})  # 500; free's 100 kept for the hold
+        commit(ledger, account, feature="ai_message", quantity=100 * 5)
+        ledger.release_reservation({"reservation_id": hold["id"]})
+        assert available(ledger, account) == 400 * MICRO + welcome
+        assert ledger.reconcile(account)["ok"]
+
+    def test_a_hold_made_after_the_reset_is_paid_by_the_new_allowance(self, ledger, make_account, sql, welcome):
+        account = make_account("free")
+        old_hold = reserve(ledger, account, 100)
+        age(sql, account, 1)
+        new_hold = reserve(ledger, account, 50)  # made in the new period: the old allowance is not its
+        ledger.release_reservation({"reservation_id": old_hold["id"]})
+        settle(ledger, new_hold["id"], 50)
+        assert available(ledger, account) == 50 * MICRO + welcome
+        assert ledger.reconcile(account)["ok"]
+
+    def test_an_expired_promo_under_a_hold_is_not_spent_by_a_commit(self, ledger, make_account, sql, welcome):
+        account = make_account("test_open")  # the welcome credit only
+        promo = grant(ledger, account, 10, source="promo", expires_at="2999-01-01T00:00:00Z")
+        hold = reserve(ledger, account, 10)
+        sql("UPDATE creditgate.grants SET expires_at = now() - interval '1 minute' WHERE id = %s", promo["grant_id"])
+        commit(ledger, account, feature="ai_message", quantity=10 * 5)
+        ledger.release_reservation({"reservation_id": hold["id"]})
+        assert available(ledger, account) == welcome - 10 * MICRO
+        expired = sql(
+            "SELECT -sum(amount) FROM creditgate.ledger_entries WHERE grant_id = %s AND kind = 'expire'",
+            promo["grant_id"],
+        )
+        assert expired == [(10 * MICRO,)]  # all of it expired, none of it spent
+        assert ledger.reconcile(account)["ok"]
+
+
 class TestGrantsExpireOnTime:
     def test_an_expired_promo_cannot_be_spent_before_maintenance_runs(self, ledger, make_account, sql, welcome):
         account = make_account("test_open")  # the welcome credit only
@@ -131,6 +180,18 @@ class TestPlanRoundTrips:
         account = make_account("free")
         ledger.change_plan({"account_id": account, "plan": "starter"})
         ledger.change_plan({"account_id": account, "plan": "free"})
+        assert available(ledger, account) == 100 * MICRO + welcome
+        assert ledger.reconcile(account)["ok"]
+
+    def test_a_round_trip_with_a_hold_open_keeps_the_whole_allowance(self, ledger, make_account, welcome):
+        account = make_account("free")
+        hold = reserve(ledger, account, 30)
+        ledger.change_plan({"account_id": account, "plan": "starter"})
+        ledger.change_plan({"account_id": account, "plan": "free"})
+        ledger.release_reservation({"reservation_id": hold["id"]})  # nothing was used
+        assert available(ledger, account) == 100 * MICRO + welcome
+        ledger.change_plan({"account_id": account, "plan": "starter"})
+        ledger.change_plan({"account_id": account, "plan": "free"})  # and again, with nothing held
         assert available(ledger, account) == 100 * MICRO + welcome
         assert ledger.reconcile(account)["ok"]
 

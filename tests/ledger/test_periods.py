@@ -16,6 +16,13 @@ def age(sql, account: str, months: int) -> None:
         months,
         account,
     )
+    # Open holds were made in the period that is now the one before (they stay open).
+    sql(
+        "UPDATE creditgate.reservations SET created_at = created_at - make_interval(months => %s) "
+        "WHERE account_id = %s AND status = 'active'",
+        months,
+        account,
+    )
     # Allowances are keyed by the period they belong to, so their keys move with the clock.
     sql(
         "UPDATE creditgate.grants SET expires_at = expires_at - make_interval(months => %s), "

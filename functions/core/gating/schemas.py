@@ -11,6 +11,13 @@ class TokenEstimate(Strict):
     input_tokens: TokenCount = 0
     max_output_tokens: TokenCount = 0
 
+    @model_validator(mode="after")
+    def _some_tokens(self) -> TokenEstimate:
+        # `{}` would price the call at nothing.
+        if not self.model_fields_set:
+            raise ValueError("an estimate names input_tokens, max_output_tokens or quantity")
+        return self
+
 
 class QuantityEstimate(Strict):
     quantity: Quantity
