@@ -60,6 +60,7 @@ def test_the_copies_apply_in_order_and_creditgate_migrate_then_has_nothing_to_do
             assert (MIGRATIONS_DIR / name).read_text() == text
             with conn.transaction():  # one file, one transaction, as `supabase db push` runs them
                 conn.execute(text)
-        versions = [row[0] for row in conn.execute("SELECT version FROM creditgate.schema_migrations ORDER BY 1")]
-    assert versions == [p.stem for p in migrations() if p.stem != COMPAT_SCRIPT]
+        versions = [row[0] for row in conn.execute("SELECT version FROM creditgate.schema_migrations")]
+    in_order = sorted(versions, key=lambda v: int(v.split("_", 1)[0]))
+    assert in_order == [p.stem for p in migrations() if p.stem != COMPAT_SCRIPT]
     assert migrate(fresh_database) == []
