@@ -188,7 +188,8 @@ DECLARE
   v_end timestamptz;
 BEGIN
   IF p_account.period_end > now() THEN
-    IF creditgate.grant_due(p_account.id) THEN
+    -- (grant_due written out: this runs on every gate call.)
+    IF (SELECT min(expires_at) FROM creditgate.grants WHERE account_id = p_account.id AND live) <= now() THEN
       PERFORM creditgate.expire_grants(p_account.id);
     END IF;
     RETURN p_account;
