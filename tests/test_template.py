@@ -53,6 +53,9 @@ API_ROUTES: dict[tuple[str, str], str] = {
 # Routes creditgate serves beyond API.md's list.
 EXTRA_ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/accounts/{account_id}/members/{user_id}"): "admin",
+    ("POST", "/v1/accounts/{account_id}/debits"): "admin",
+    ("POST", "/v1/accounts/{account_id}/lift-hold"): "admin",
+    ("GET", "/v1/accounts/{account_id}/history"): "admin",
     ("POST", "/v1/billing-portal"): "checkout",
 }
 # Not API routes of their own, but served too: the OpenAPI document and its viewer.

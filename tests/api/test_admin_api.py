@@ -124,6 +124,66 @@ class TestMembers:
         )
 
 
+class TestDebits:
+    def test_takes_credits_away_once_per_key_and_the_rest_becomes_debt(
+        self, client, service_headers, make_account, ledger
+    ):
+        account = make_account("free")  # 150 credits
+        headers = {**service_headers, "Idempotency-Key": "fix-1"}
+        body = {"amount": "40", "reason": "double grant by mistake"}
+        first = client.post(f"/v1/accounts/{account}/debits", json=body, headers=headers)
+        again = client.post(f"/v1/accounts/{account}/debits", json=body, headers=headers)
+        assert (first.status_code, again.status_code) == (201, 200), first.text
+        assert first.json()["amount"] == "40" and first.json()["debt_added"] == "0"
+        assert balance(client, service_headers, account)["available"] == "110"
+        more = client.post(
+            f"/v1/accounts/{account}/debits",
+            json={"amount": "200", "reason": "chargeback"},
+            headers={**service_headers, "Idempotency-Key": "fix-2"},
+        ).json()
+        assert more["debt_added"] == "90" and more["balance"] == {"key": "credits", "available": "0", "debt": "90"}
+        lines = client.get(f"/v1/transactions?account_id={account}", headers=service_headers).json()["items"]
+        assert [(i["kind"], i["amount"]) for i in lines[:2]] == [("adjustment", "-200"), ("adjustment", "-40")]
+        assert ledger.reconcile(account)["ok"]
+
+    def test_bad_amounts_and_keys_change_nothing(self, client, service_headers, make_account):
+        account = make_account("free")
+        for n, body in enumerate([{"amount": "0", "reason": "x"}, {"amount": "1", "key": "nope", "reason": "x"}]):
+            response = client.post(
+                f"/v1/accounts/{account}/debits", json=body, headers={**service_headers, "Idempotency-Key": f"b{n}"}
+            )
+            assert_problem(response, 422, "invalid_request")
+        assert balance(client, service_headers, account)["available"] == "150"
+
+
+class TestHistoryAndHolds:
+    def test_plan_and_status_changes_are_recorded_and_a_hold_can_be_lifted(
+        self, client, service_headers, make_account, sql
+    ):
+        account = make_account("free")
+        client.put(f"/v1/accounts/{account}/plan", json={"plan": "starter"}, headers=service_headers)
+        sql("UPDATE creditgate.accounts SET status = 'disputed' WHERE id = %s", account)  # as a lost dispute leaves it
+        gate = {"account_id": account, "feature": "ai_message", "mode": "check"}
+        assert_problem(client.post("/v1/gate", json=gate, headers=service_headers), 403, "account_disputed")
+        lifted = client.post(
+            f"/v1/accounts/{account}/lift-hold", json={"reason": "customer repaid"}, headers=service_headers
+        )
+        assert lifted.status_code == 200 and lifted.json()["status"] == "active"
+        assert client.post("/v1/gate", json=gate, headers=service_headers).status_code == 200
+        history = client.get(f"/v1/accounts/{account}/history", headers=service_headers).json()["items"]
+        assert [(h["field"], h["from"], h["to"], h["reason"]) for h in history] == [
+            ("status", "disputed", "active", "customer repaid"),
+            ("status", "active", "disputed", None),
+            ("plan", "free", "starter", None),
+            ("plan", None, "free", None),
+        ]
+
+    def test_unknown_accounts_are_404(self, client, service_headers):
+        assert_problem(
+            client.get("/v1/accounts/nobody-here/history", headers=service_headers), 404, "account_not_found"
+        )
+
+
 class TestMetrics:
     def test_daily_and_top_lists(self, client, service_headers, make_account):
         account = make_account("pro")

@@ -8,9 +8,13 @@ from fastapi import APIRouter, Header, Path, Query, Response
 
 from functions.core.accounts.schemas import (
     AccountAnswer,
+    AccountHistory,
     AccountPut,
+    DebitAnswer,
+    DebitPost,
     GrantAnswer,
     GrantPost,
+    HoldLift,
     MemberAnswer,
     MemberPut,
     MemberRemoved,
@@ -82,6 +86,37 @@ def post_grant(
         response.status_code = 200
     answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
     return micro_fields(answer, ("amount",))
+
+
+@router.post("/v1/accounts/{account_id}/debits", response_model=DebitAnswer, status_code=201, responses=IDEMPOTENT)
+def post_debit(
+    account_id: AccountPath,
+    body: DebitPost,
+    caller: ServiceDep,
+    ledger: LedgerDep,
+    idempotency_key: Annotated[IdempotencyKey, Header(alias="Idempotency-Key")],
+    response: Response,
+) -> dict:
+    """Takes credits away (an `adjustment` line): what is available pays, the rest is debt."""
+    # The amount in micro-credits (the model's dump would render it as a decimal string).
+    request = {"account_id": account_id, "idempotency_key": idempotency_key, **body.model_dump(), "amount": body.amount}
+    answer = ledger.debit(request)
+    if answer.get("replayed"):
+        response.status_code = 200
+    answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
+    return micro_fields(answer, ("amount", "debt_added"))
+
+
+@router.post("/v1/accounts/{account_id}/lift-hold", response_model=AccountAnswer)
+def lift_hold(account_id: AccountPath, body: HoldLift, caller: ServiceDep, ledger: LedgerDep) -> dict:
+    """An account a payment dispute put on hold is active again (the operator's decision)."""
+    return present_account(ledger.lift_hold({"account_id": account_id, "reason": body.reason}))
+
+
+@router.get("/v1/accounts/{account_id}/history", response_model=AccountHistory)
+def history(account_id: AccountPath, caller: ServiceDep, ledger: LedgerDep) -> dict:
+    """Every plan and status change of the account, newest first (the last 200)."""
+    return ledger.account_history(account_id)
 
 
 @router.get("/v1/admin/metrics")

@@ -32,6 +32,40 @@ class PlanPut(Strict):
     plan: AccountPlan
 
 
+class DebitPost(Strict):
+    amount: Credits
+    key: Slug = "credits"
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class DebitAnswer(BaseModel):
+    account_id: str
+    key: str
+    amount: str
+    debt_added: str = Field(description="what the balance could not pay: it became debt")
+    reason: str | None
+    balance: dict
+    replayed: bool = False
+
+
+class HoldLift(Strict):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class AccountChange(BaseModel):
+    id: int
+    at: str
+    field: str = Field(description="plan or status")
+    from_: str | None = Field(alias="from")
+    to: str
+    reason: str | None
+
+
+class AccountHistory(BaseModel):
+    account_id: str
+    items: list[AccountChange]
+
+
 class MemberAnswer(BaseModel):
     account_id: str
     user_id: str

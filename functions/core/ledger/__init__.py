@@ -33,6 +33,15 @@ class Ledger(ABC):
     def change_plan(self, request: dict) -> dict:
         return self.rpc("creditgate_change_plan", request)
 
+    def debit(self, request: dict) -> dict:
+        return self.rpc("creditgate_debit", request)
+
+    def lift_hold(self, request: dict) -> dict:
+        return self.rpc("creditgate_lift_hold", request)
+
+    def account_history(self, account_id: str) -> dict:
+        return self.rpc("creditgate_account_history", {"account_id": account_id})
+
     def grant_credits(self, request: dict) -> dict:
         return self.rpc("creditgate_grant_credits", request)
 
