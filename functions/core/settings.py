@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     service_keys: str = ""
     port: int = 8000
     payments: Literal["stripe", "simulated"] | None = None
+    # "monitor": the emergency switch. The gate allows what it would deny (saying what it
+    # would have said); usage is still recorded, as debt where credits are short.
+    enforcement: Literal["enforce", "monitor"] = "enforce"
     allowed_origins: str = ""
     public_url: str = "http://127.0.0.1:8000"
     jwks_url: str | None = None

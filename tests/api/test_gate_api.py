@@ -238,3 +238,44 @@ class TestRelease:
     def test_users_cannot_release(self, client):
         response = client.post(f"/v1/reservations/{uuid.uuid4()}/release", headers=bearer(user_token()))
         assert_problem(response, 403, "forbidden")
+
+
+class TestEnforcementOff:
+    """CREDITGATE_ENFORCEMENT=monitor, the emergency switch: nothing is denied, what would
+    have been is said, and usage is still recorded (as debt where credits are short)."""
+
+    def test_a_denial_becomes_an_allowed_answer_that_says_it(
+        self, settings, ledger, service_headers, make_account, sql
+    ):
+        account = make_account("free")  # 150 credits; chat on gpt-4o costs more than that for 10M tokens
+        app = build_app(settings=settings.model_copy(update={"enforcement": "monitor"}), ledger=ledger)
+        big = gate_body(account, model="gpt-4o", estimate={"input_tokens": 10**7, "max_output_tokens": 10**6})
+        with TestClient(app) as client:
+            answer = client.post("/v1/gate", json=big, headers=service_headers)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["allowed"] is True and body["reservation"] is None
+            assert body["warnings"] == ["not_enforced"]
+            assert body["not_enforced"]["code"] == "insufficient_credits"
+            locked = client.post("/v1/gate", json=gate_body(account, agent="builder"), headers=service_headers)
+            assert locked.json()["not_enforced"]["code"] == "agent_not_in_plan"
+            # Nothing was held or charged; the usage recorded afterwards is debt.
+            usage = client.post(
+                "/v1/usage",
+                json={
+                    "account_id": account,
+                    "feature": "chat",
+                    "model": "gpt-4o",
+                    "usage": {"input_tokens": 10**7, "output_tokens": 10**6},
+                    "idempotency_key": uuid.uuid4().hex,
+                },
+                headers=service_headers,
+            ).json()
+            assert usage["overdraft"] is True
+        assert sql("SELECT count(*) FROM creditgate.reservations WHERE account_id = %s", account) == [(0,)]
+        assert ledger.reconcile(account)["ok"]
+
+    def test_enforced_by_default(self, client, service_headers, make_account):
+        account = make_account("free")
+        big = gate_body(account, model="gpt-4o", estimate={"input_tokens": 10**7, "max_output_tokens": 10**6})
+        assert_problem(client.post("/v1/gate", json=big, headers=service_headers), 402, "insufficient_credits")

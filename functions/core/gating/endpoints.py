@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Query
 
-from functions.core.deps import AccountHeader, CallerDep, LedgerDep, ServiceDep, resolve_account
-from functions.core.errors import InvalidRequest
+from functions.core.deps import AccountHeader, CallerDep, LedgerDep, ServiceDep, SettingsDep, resolve_account
+from functions.core.errors import InvalidRequest, ProblemError
 from functions.core.gating.schemas import Entitlements, GateAllowed, GateDenied, GateRequest, ReleaseAnswer
 from functions.core.openapi import IDEMPOTENT, SIGNED_IN
 from functions.core.present import micro_fields
 from functions.core.schemas import AccountId
 
 router = APIRouter(tags=["gate"], responses=SIGNED_IN)
+logger = logging.getLogger("creditgate.gate")
 DENIALS = {
     402: {
         "model": GateDenied,
@@ -40,7 +42,9 @@ def present_gate(answer: dict) -> dict:
 @router.post(
     "/v1/gate", response_model=GateAllowed, responses={**DENIALS, **IDEMPOTENT}, response_model_exclude_none=False
 )
-def gate(body: GateRequest, caller: CallerDep, ledger: LedgerDep, x_account_id: AccountHeader = None) -> dict:
+def gate(
+    body: GateRequest, caller: CallerDep, ledger: LedgerDep, settings: SettingsDep, x_account_id: AccountHeader = None
+) -> dict:
     request = body.model_dump(exclude_none=True)
     if request["mode"] != "check" and not body.idempotency_key and caller.kind != "guest":
         raise InvalidRequest(
@@ -57,7 +61,35 @@ def gate(body: GateRequest, caller: CallerDep, ledger: LedgerDep, x_account_id: 
         request["account_id"] = resolve_account(caller, ledger, body.account_id, x_account_id)
         if caller.kind == "user":
             request["user_id"] = caller.user_id
-    return present_gate(ledger.gate(request))
+    try:
+        return present_gate(ledger.gate(request))
+    except ProblemError as denial:
+        if settings.enforcement != "monitor" or denial.status not in DENIALS:
+            raise
+        return not_enforced(denial, request)
+
+
+def not_enforced(denial: ProblemError, request: dict) -> dict:
+    """The emergency switch (CREDITGATE_ENFORCEMENT=monitor): allowed, with the denial it
+    would have been. Nothing was reserved or charged; the usage, recorded afterwards,
+    becomes debt where credits are short."""
+    logger.warning(
+        "not enforced: %s for account %s, feature %s", denial.code, request.get("account_id"), request["feature"]
+    )
+    return {
+        "allowed": True,
+        "account_id": request.get("account_id"),
+        "plan": denial.fields.get("plan"),
+        "feature": request["feature"],
+        "agent": request.get("agent"),
+        "model": request.get("model"),
+        "mode": request["mode"],
+        "cost_estimate": denial.fields.get("required") or "0",
+        "reservation": None,
+        "balance": None,
+        "warnings": ["not_enforced"],
+        "not_enforced": denial.body(),
+    }
 
 
 @router.get("/v1/entitlements", response_model=Entitlements)

@@ -54,7 +54,7 @@ class Reservation(BaseModel):
 class GateAllowed(BaseModel):
     allowed: Literal[True]
     account_id: str | None
-    plan: str
+    plan: str | None = Field(description="null only in a not_enforced answer")
     feature: str
     agent: str | None = None
     model: str | None = None
@@ -65,6 +65,11 @@ class GateAllowed(BaseModel):
     usage_id: str | None = None
     balance: Balance | None
     warnings: list[str]
+    not_enforced: dict | None = Field(
+        None,
+        description="CREDITGATE_ENFORCEMENT=monitor: the denial (problem) this call would have got; "
+        "nothing was reserved or charged, record the usage afterwards",
+    )
 
 
 class GateDenied(BaseModel):
