@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "production"
     database_url: str | None = Field(None, validation_alias=_alias("DATABASE_URL"))
     supabase_url: str | None = Field(None, validation_alias=_alias("SUPABASE_URL"))
-    supabase_service_role_key: str | None = Field(None, validation_alias=_alias("SUPABASE_SERVICE_ROLE_KEY"))
+    # SUPABASE_SERVICE_KEY: the name older Supabase guides (and hand-rolled setups) use.
+    supabase_service_role_key: str | None = Field(
+        None, validation_alias=AliasChoices(*_alias("SUPABASE_SERVICE_ROLE_KEY").choices, "SUPABASE_SERVICE_KEY")
+    )
     supabase_jwt_secret: str | None = Field(None, validation_alias=_alias("SUPABASE_JWT_SECRET"))
     stripe_secret_key: str | None = Field(None, validation_alias=_alias("STRIPE_SECRET_KEY"))
     stripe_webhook_secret: str | None = Field(None, validation_alias=_alias("STRIPE_WEBHOOK_SECRET"))

@@ -95,6 +95,15 @@ class TestUserTokenSubjects:
         assert sql("SELECT email FROM creditgate.accounts WHERE id = %s", user) == [(None,)]
 
 
+class TestSettingsNames:
+    def test_the_older_supabase_service_key_name_is_understood(self, monkeypatch):
+        monkeypatch.delenv("SUPABASE_SERVICE_ROLE_KEY", raising=False)
+        monkeypatch.setenv("SUPABASE_SERVICE_KEY", "service-key-from-an-older-guide")
+        assert Settings(_env_file=None).supabase_service_role_key == "service-key-from-an-older-guide"
+        monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "the-current-name-wins")
+        assert Settings(_env_file=None).supabase_service_role_key == "the-current-name-wins"
+
+
 class TestServiceKeys:
     def test_keys_may_be_configured_as_digests(self, settings, ledger):
         digest = "sha256:" + hashlib.sha256(b"a-long-service-key-for-this-test").hexdigest()

@@ -173,6 +173,21 @@ class TestGateAsGuest:
                 client.post("/v1/gate", json={"feature": "chat", "mode": "check"}, headers=session).status_code == 200
             )
 
+    def test_the_anonymous_plans_rate_limit_applies_per_session(self, client, sql):
+        limit = sql("SELECT rate_limit_per_minute FROM creditgate.plans WHERE id = 'anonymous'")[0][0]
+        assert limit > 0
+        for _ in range(2):  # a minute boundary between the calls can spoil one attempt, not two
+            session = {"X-Session-Id": f"guest-{uuid.uuid4().hex}"}
+            answers = [
+                client.post("/v1/gate", json={"feature": "chat", "mode": "check"}, headers=session)
+                for _ in range(limit + 1)
+            ]
+            if answers[-1].status_code == 429:
+                break
+        assert [a.status_code for a in answers] == [200] * limit + [429]
+        body = assert_problem(answers[-1], 429, "rate_limited")
+        assert body["limit"] == limit and answers[-1].headers["Retry-After"]
+
     def test_guests_are_capped_per_ip_across_sessions(self, settings, ledger):
         app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
         ip = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
