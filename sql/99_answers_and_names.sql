@@ -209,13 +209,28 @@ BEGIN
 END
 $$;
 
--- The metrics of 96_used_this_period.sql: `cost` is credits, not every key added up.
+-- The metrics of 96_used_this_period.sql: `cost` is credits, not every key added up;
+-- revenue counts subscription invoices (renewals were missing: only checkout orders
+-- counted); accounts per plan and the top accounts by credits spent.
 CREATE OR REPLACE FUNCTION public.creditgate_metrics(request jsonb)
 RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
   WITH span AS (
     SELECT now() - make_interval(days => least(greatest(coalesce((request ->> 'days')::integer, 30), 1), 366)) AS since
   ), usage AS (
     SELECT u.* FROM creditgate.usage_events u, span WHERE u.created_at >= span.since
+  ), revenue AS (
+    -- Packs through their orders (less refunds); subscriptions through their paid invoices,
+    -- renewals included (a subscription's checkout order is its first invoice, not added).
+    SELECT to_char(o.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, 'packs' AS source,
+           amount_minor - refunded_minor AS amount
+    FROM creditgate.orders o, span
+    WHERE o.kind = 'pack' AND o.status IN ('paid', 'partially_refunded') AND o.updated_at >= span.since
+    UNION ALL
+    SELECT to_char(to_timestamp(i.created) AT TIME ZONE 'UTC', 'YYYY-MM-DD'), 'subscriptions', i.amount
+    FROM (SELECT DISTINCT ON (object_id) object_id, created,
+                 coalesce((payload #>> '{data,object,amount_paid}')::bigint, 0) AS amount
+          FROM creditgate.stripe_events WHERE type = 'invoice.paid' ORDER BY object_id, created) i, span
+    WHERE to_timestamp(i.created) >= span.since
   )
   SELECT jsonb_build_object(
     'since', (SELECT since FROM span),
@@ -226,10 +241,18 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
        FROM (SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, count(*) requests,
                     sum(input_tokens) i, sum(output_tokens) o, coalesce(sum(cost) FILTER (WHERE key = 'credits'), 0) c, sum(cost_pico_usd) p
              FROM usage GROUP BY 1) u
-       FULL JOIN (SELECT to_char(o.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
-                         sum(amount_minor - refunded_minor) revenue
-                  FROM creditgate.orders o, span WHERE o.status IN ('paid', 'partially_refunded')
-                    AND o.updated_at >= span.since GROUP BY 1) r USING (day)) x),
+       FULL JOIN (SELECT day, sum(amount) revenue FROM revenue GROUP BY 1) r USING (day)) x),
+    'currency', (SELECT currency FROM creditgate.settings),
+    'revenue_minor', (SELECT jsonb_build_object(
+         'packs', coalesce(sum(amount) FILTER (WHERE source = 'packs'), 0),
+         'subscriptions', coalesce(sum(amount) FILTER (WHERE source = 'subscriptions'), 0)) FROM revenue),
+    'accounts_by_plan', (SELECT coalesce(jsonb_object_agg(plan_id, n), '{}')
+       FROM (SELECT plan_id, count(*) n FROM creditgate.accounts GROUP BY 1) p),
+    'top_accounts', (SELECT coalesce(jsonb_agg(jsonb_build_object('account_id', account_id, 'requests', n, 'cost', c,
+         'cost_pico_usd', p) ORDER BY c DESC, n DESC), '[]')
+       FROM (SELECT account_id, count(*) n, coalesce(sum(cost) FILTER (WHERE key = 'credits'), 0) c,
+                    sum(cost_pico_usd) p
+             FROM usage GROUP BY 1 ORDER BY 3 DESC, 2 DESC LIMIT 20) t),
     'accounts_over_80_percent', (SELECT coalesce(jsonb_agg(jsonb_build_object('account_id', a.id, 'key', e.key,
          'used', used, 'allowance', (e.value)::bigint)), '[]')
        FROM creditgate.accounts a JOIN creditgate.plans p ON p.id = a.plan_id, jsonb_each_text(p.allowances) e,

@@ -129,6 +129,8 @@ def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge
         row.update(micro_fields(row, ("used", "allowance")))
     for row in answer["top_models"]:
         row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
-    for row in answer["top_agents"] + answer["top_features"]:
+    for row in answer["top_agents"] + answer["top_features"] + answer["top_accounts"]:
         row["cost"] = micro_fields(row, ("cost",))["cost"]
+    for row in answer["top_accounts"]:
+        row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
     return answer

@@ -1,0 +1,52 @@
+"""Revenue in GET /v1/admin/metrics: packs through their orders, subscriptions through every
+paid invoice (renewals too), each counted once however often Stripe delivers it."""
+
+from __future__ import annotations
+
+import copy
+
+from tests.payments.conftest import checkout, deliver_all, new_key
+
+
+def revenue(client, headers) -> dict[str, int]:
+    return client.get("/v1/admin/metrics?days=90", headers=headers).json()["revenue_minor"]
+
+
+def test_packs_and_every_paid_invoice_count_once(stripe_http, fake, make_account, service_headers):
+    before = revenue(stripe_http, service_headers)
+    account = make_account()
+    pack = checkout(stripe_http, service_headers, account, key=new_key(), pack="pro").json()
+    deliver_all(stripe_http, fake, fake.complete_checkout(pack["session_id"]))
+
+    subscriber = make_account()
+    session = checkout(stripe_http, service_headers, subscriber, key=new_key(), plan="pro").json()["session_id"]
+    events = fake.complete_checkout(session)
+    deliver_all(stripe_http, fake, events)
+    subscription = events[0]["data"]["object"]["subscription"]
+    updated, renewal = fake.renew_subscription(subscription)
+    twin = copy.deepcopy(renewal)
+    twin["id"] = "evt_twin_" + new_key()
+    deliver_all(stripe_http, fake, [updated, renewal, twin])
+
+    invoices = {
+        e["data"]["object"]["id"]: e["data"]["object"]["amount_paid"]
+        for e in [*events, renewal]
+        if e["type"] == "invoice.paid"
+    }
+    assert len(invoices) == 2  # the first invoice and the renewal
+    after = revenue(stripe_http, service_headers)
+    assert after["packs"] - before["packs"] == 9900  # the pro pack, $99.00
+    assert after["subscriptions"] - before["subscriptions"] == sum(invoices.values())
+
+
+def test_accounts_by_plan_and_top_accounts(client, service_headers, make_account):
+    account = make_account("pro")
+    client.post(
+        "/v1/usage",
+        headers=service_headers,
+        json={"account_id": account, "feature": "screenshot", "quantity": 10**6, "idempotency_key": new_key()},
+    )
+    body = client.get("/v1/admin/metrics?days=1", headers=service_headers).json()
+    assert body["accounts_by_plan"]["pro"] >= 1 and body["currency"]
+    top = body["top_accounts"][0]
+    assert top["account_id"] == account and top["cost"] == "500000"
