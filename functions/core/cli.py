@@ -1,4 +1,4 @@
-"""`creditgate`: migrate, apply the catalog, reconcile, grant, and run everything locally."""
+"""`creditgate`: migrate, apply the catalog, reconcile, grant, backfill, and run everything locally."""
 
 from __future__ import annotations
 
@@ -59,6 +59,33 @@ def cmd_grant(args: argparse.Namespace) -> int:
         }
     )
     print(json.dumps(answer, indent=2, default=str))
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Accounts for the app's existing Supabase users, then (optionally) one grant to every
+    account, in batches; running it again creates and grants nothing twice."""
+    from functions.core.money import to_micro
+
+    ledger = _ledger()
+    created = 0
+    while True:
+        answer = ledger.rpc("creditgate_backfill_accounts", {"plan": args.plan, "limit": args.batch})
+        created += answer["created"]
+        if not answer["more"] or answer["created"] == 0:
+            break
+    print(f"accounts created: {created}")
+    if args.grant is None:
+        return 0
+    request = {"amount": to_micro(args.grant), "key": args.key, "reason": args.reason, "tag": args.tag}
+    granted, after = 0, None
+    while True:
+        answer = ledger.rpc("creditgate_backfill_grant", {**request, "after": after, "limit": args.batch})
+        granted += answer["granted"]
+        after = answer["last"]
+        if not answer["more"]:
+            break
+    print(f"accounts granted {args.grant} {args.key} ({args.tag}): {granted}")
     return 0
 
 
@@ -169,6 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     grant.add_argument("--source", choices=["promo", "adjustment"], default="adjustment")
     grant.add_argument("--idempotency-key")
     grant.set_defaults(run=cmd_grant)
+    backfill = sub.add_parser("backfill", help="accounts for existing Supabase users, and a grant to every account")
+    backfill.add_argument("--plan", default="free", help="plan of the accounts created (default free)")
+    backfill.add_argument("--grant", metavar="AMOUNT", help="also grant this many credits to every account")
+    backfill.add_argument("--key", default="credits")
+    backfill.add_argument("--reason", help="why (with --grant)")
+    backfill.add_argument("--tag", help="names this grant: running it again with the same tag grants nothing twice")
+    backfill.add_argument("--batch", type=int, default=500)
+    backfill.set_defaults(run=cmd_backfill)
     supa = sub.add_parser("supabase-export", help="regenerate supabase/migrations from sql/")
     supa.add_argument("--check", action="store_true", help="only report differences (exit 1 if any)")
     supa.set_defaults(run=cmd_supabase_export)
@@ -176,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--catalog")
     dev.set_defaults(run=cmd_dev)
     args = parser.parse_args(argv)
+    if getattr(args, "grant", None) is not None and not (args.reason and args.tag):
+        parser.error("--grant needs --reason and --tag")
     return args.run(args)
 
 
