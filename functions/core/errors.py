@@ -72,11 +72,16 @@ class ServiceUnavailable(ProblemError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
 
 
+# Values the database could not take from the request: text where a number belongs, a
+# number or date out of range, a NUL character, text too long. Other data errors (a
+# division by zero) and CHECK violations (the ledger's own invariants) stay bugs: 500.
+BAD_VALUE_STATES = frozenset({"22P02", "22003", "22007", "22008", "22021", "22001", "22P05", "22004", "2202E"})
+
+
 def data_problem(sqlstate: str, message: str | None) -> ProblemError | None:
-    """A value the database could not take (SQLSTATE class 22: a NUL character, a number
-    out of range, text where a number belongs; 23514: a CHECK constraint) is the caller's
-    bad input, not a fault: 422. The RPC's transaction rolled back, so nothing changed."""
-    if sqlstate.startswith("22") or sqlstate == "23514":
+    """A value the database could not take from the caller is bad input, not a fault: 422.
+    The RPC's transaction rolled back, so nothing changed."""
+    if sqlstate in BAD_VALUE_STATES:
         # Logged: the request schemas should have refused it, so each one is a gap to close.
         logging.getLogger("creditgate").warning("database refused a value (%s): %s", sqlstate, message)
         return InvalidRequest(f"A value in the request cannot be stored: {message or sqlstate}")

@@ -39,16 +39,25 @@ MAX_TOKENS = 1_000_000_000
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 
 
-def holds_nul(value: Any) -> bool:
+MAX_DEPTH = 32  # of a body's nesting: free-form parts (metadata) included
+
+
+def check_json(value: Any) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000, so a string with one would fail in the
-    database; it is refused with the rest of the input instead."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(holds_nul(v) for v in value)
-    return False
+    database; and a body nested hundreds deep would overflow whatever walks it recursively
+    later (the serializer). Both are refused with the rest of the input instead. Walked
+    with a stack, not recursion."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("text must not contain the NUL character (U+0000)")
+        elif isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"the body may nest at most {MAX_DEPTH} levels deep")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 class Strict(BaseModel):
@@ -59,8 +68,7 @@ class Strict(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nul(cls, data: Any) -> Any:
-        if holds_nul(data):
-            raise ValueError("text must not contain the NUL character (U+0000)")
+        check_json(data)
         return data
 
 

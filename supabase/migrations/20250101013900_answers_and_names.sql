@@ -17,8 +17,9 @@
 -- A grant to a key nothing in the catalog uses made a balance nobody reads: refused.
 -- Members can be removed.
 
--- The exact name, or a catalog id that carries a provider prefix ("gemini/gemini-2.5-pro")
--- ending in it.
+-- The exact name, or the one catalog id that carries a provider prefix ("gemini/gemini-2.5-pro")
+-- ending in it: a name several providers' ids end in (priced differently) needs the
+-- provider, it is not priced by whichever sorts first.
 CREATE FUNCTION creditgate.price_named(p_model text, p_provider text)
 RETURNS creditgate.model_prices LANGUAGE plpgsql STABLE SET search_path = '' AS $$
 DECLARE
@@ -32,6 +33,11 @@ BEGIN
     WHERE superseded_at IS NULL AND (p_provider IS NULL OR provider = p_provider)
       AND right(model, length(p_model) + 1) = '/' || p_model
     ORDER BY provider, model LIMIT 1;
+    IF FOUND AND EXISTS (SELECT 1 FROM creditgate.model_prices
+                         WHERE superseded_at IS NULL AND (p_provider IS NULL OR provider = p_provider)
+                           AND right(model, length(p_model) + 1) = '/' || p_model AND id <> v.id) THEN
+      v := NULL;
+    END IF;
   END IF;
   RETURN v;
 END
@@ -430,6 +436,9 @@ DECLARE
   v_key text;
   v_balance creditgate.balances;
 BEGIN
+  IF p_account.status = 'disputed' THEN
+    RETURN '{"allowed": false, "reason": "account_disputed"}';
+  END IF;
   IF p_feature.kind <> 'metered' OR p_account.id IS NULL THEN
     RETURN '{"allowed": true}';
   END IF;
@@ -452,9 +461,9 @@ END
 $$;
 
 -- The entitlements of 70_reads.sql: an included feature the account cannot pay for now
--- says so, as the gate would.
+-- says so, as the gate would, on the account as the gate would see it (period rolled).
 CREATE OR REPLACE FUNCTION public.creditgate_entitlements(request jsonb)
-RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = '' AS $$
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
   v_plan creditgate.plans;
   v_account creditgate.accounts;
@@ -462,10 +471,8 @@ BEGIN
   IF request ->> 'account_id' IS NULL THEN
     SELECT * INTO v_plan FROM creditgate.plans WHERE id = 'anonymous';
   ELSE
-    SELECT * INTO v_account FROM creditgate.accounts WHERE id = request ->> 'account_id';
-    IF NOT FOUND THEN
-      PERFORM creditgate.fail(404, 'account_not_found', jsonb_build_object('account_id', request ->> 'account_id'));
-    END IF;
+    -- As the gate sees it: an ended period rolled, expired grants gone.
+    v_account := creditgate.current_account(request ->> 'account_id');
     SELECT * INTO v_plan FROM creditgate.plans WHERE id = v_account.plan_id;
   END IF;
   RETURN jsonb_build_object(

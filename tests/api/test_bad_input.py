@@ -162,6 +162,18 @@ class TestBadBodies:
         assert snapshot() == before
 
 
+class TestDeepBodies:
+    def test_a_body_nested_hundreds_deep_is_422_not_500(self, client, service_headers, account, snapshot):
+        before = snapshot()
+        depth = 700  # deep enough to have overflowed a recursive walk, within what json parses
+        body = json.dumps(usage(account)).removesuffix("}") + ', "metadata": {"x": ' + "[" * depth + "]" * depth + "}}"
+        response = client.post(
+            "/v1/usage", content=body, headers={**service_headers, "Content-Type": "application/json"}
+        )
+        assert_problem(response, 422, "invalid_request")
+        assert snapshot() == before
+
+
 class TestNulCharacters:
     """PostgreSQL text cannot hold U+0000: refused up front, never a database error."""
 

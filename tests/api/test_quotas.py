@@ -77,6 +77,18 @@ class TestEntitlementsWhenTheQuotaIsUsedUp:
         assert after["features"]["chat"]["reason"] == "quota_exhausted"
         assert after["features"]["screenshot"]["allowed"] is True  # counts no request
 
+    def test_after_the_period_ends_they_answer_as_the_gate_would(self, client, service_headers, quota_account, sql):
+        from tests.ledger.test_periods import age
+
+        for _ in range(2):
+            client.post("/v1/gate", json=chat(quota_account, mode="commit"), headers=service_headers)
+        age(sql, quota_account, 1)  # a new period, not rolled yet: the gate would roll it
+        after = client.get(f"/v1/entitlements?account_id={quota_account}", headers=service_headers).json()
+        assert after["features"]["chat"]["allowed"] is True
+        assert (
+            client.post("/v1/gate", json=chat(quota_account, mode="check"), headers=service_headers).status_code == 200
+        )
+
 
 class TestUsagePastTheQuota:
     def test_is_recorded_as_an_overdraft(self, client, service_headers, quota_account, ledger):

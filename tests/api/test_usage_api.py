@@ -95,6 +95,7 @@ class TestPostUsagePricing:
             ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),  # Anthropic's dated id
             ("claude-haiku-4-5@20251001", "claude-haiku-4-5"),  # Vertex AI's
             ("claude-3-7-sonnet-20250219", "claude-3-7-sonnet-20250219"),  # listed as is: the exact name wins
+            ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),  # a snapshot priced unlike gpt-4o is listed
         ],
     )
     def test_names_providers_send_back_are_priced_as_the_model_they_name(
@@ -106,6 +107,14 @@ class TestPostUsagePricing:
         )
         assert response.status_code == 201, response.text
         assert response.json()["cost"] == expected_cost(priced_as, 1000, 1000)
+
+    def test_a_name_several_providers_serve_needs_the_provider(self, client, service_headers, make_account):
+        account = make_account("pro")
+        tokens = {"input_tokens": 1000, "output_tokens": 1000}
+        ambiguous = post_usage(client, service_headers, account, model="gpt-oss-120b", usage=tokens)
+        assert_problem(ambiguous, 422, "unknown_model")  # groq's and cerebras's prices differ
+        groq = post_usage(client, service_headers, account, model="gpt-oss-120b", provider="groq", usage=tokens)
+        assert groq.json()["cost"] == expected_cost("groq/openai/gpt-oss-120b", 1000, 1000)
 
     def test_a_dated_name_of_an_unknown_model_is_still_unknown(self, client, service_headers, make_account):
         account = make_account("pro")

@@ -63,6 +63,20 @@ class TestBillingPortal:
         )
         assert_problem(response, 403, "forbidden")
 
+    def test_of_an_org_only_an_owner_opens_it(self, stripe_http, fake, make_account, service_headers, ledger):
+        org = make_account("free", owner="org")
+        session_id = checkout(stripe_http, service_headers, org, key=new_key(), plan="pro").json()["session_id"]
+        deliver_all(stripe_http, fake, fake.complete_checkout(session_id))
+        owner, member = f"owner-{new_key()[:8]}", f"member-{new_key()[:8]}"
+        ledger.set_member({"account_id": org, "user_id": owner, "role": "owner"})
+        ledger.set_member({"account_id": org, "user_id": member, "role": "member"})
+        ask = {"account_id": org}
+        assert_problem(
+            stripe_http.post("/v1/billing-portal", json=ask, headers=bearer(user_token(member))), 403, "forbidden"
+        )
+        opened = stripe_http.post("/v1/billing-portal", json=ask, headers=bearer(user_token(owner)))
+        assert opened.status_code == 201, opened.text
+
     def test_without_credentials_it_is_401(self, stripe_http):
         assert_problem(stripe_http.post("/v1/billing-portal", json={}), 401, "unauthenticated")
 

@@ -100,8 +100,8 @@ class Ledger(ABC):
     def create_order(self, request: dict) -> dict:
         return self.rpc("creditgate_create_order", request)
 
-    def billing_customer(self, account_id: str) -> dict:
-        return self.rpc("creditgate_billing_customer", {"account_id": account_id})
+    def billing_customer(self, account_id: str, user_id: str | None = None) -> dict:
+        return self.rpc("creditgate_billing_customer", {"account_id": account_id, "user_id": user_id})
 
     def set_stripe_customer(self, account_id: str, customer_id: str) -> str:
         answer = self.rpc("creditgate_set_stripe_customer", {"account_id": account_id, "customer_id": customer_id})

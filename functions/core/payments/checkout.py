@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from functions.core.errors import InvalidRequest, ProblemError
+from functions.core.errors import Forbidden, InvalidRequest, ProblemError
 from functions.core.ledger import Ledger
 from functions.core.payments import provider
 from functions.core.payments.schemas import CheckoutRequest
@@ -56,14 +56,20 @@ def require_allowed(settings: Settings, urls: dict[str, str]) -> None:
         )
 
 
-def open_billing_portal(account_id: str, return_url: str | None, settings: Settings, ledger: Ledger) -> dict[str, Any]:
+def open_billing_portal(
+    account_id: str, user_id: str | None, return_url: str | None, settings: Settings, ledger: Ledger
+) -> dict[str, Any]:
     """Stripe's customer portal for the account's Stripe customer: where a subscriber
-    changes or cancels the plan; the webhook applies what they do there."""
+    changes or cancels the plan; the webhook applies what they do there. A user opens it
+    for their own account or for an org they own (a member may use it, not cancel it)."""
     if provider.payments_mode(settings) != "stripe":
         raise provider.stripe_not_configured()
     return_url = return_url or settings.public_url.rstrip("/")
     require_allowed(settings, {"return_url": return_url})
-    customer = ledger.billing_customer(account_id)["stripe_customer_id"]
+    billing = ledger.billing_customer(account_id, user_id)
+    if user_id is not None and user_id != account_id and billing["role"] != "owner":
+        raise Forbidden("Only an owner of the account manages its billing", code="forbidden")
+    customer = billing["stripe_customer_id"]
     if not customer:
         raise ProblemError(
             "The account has not paid through Stripe yet, so there is no billing to manage",

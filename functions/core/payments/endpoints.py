@@ -102,7 +102,8 @@ def billing_portal(
     x_account_id: AccountHeader = None,
 ) -> dict:
     account_id = resolve_account(caller, ledger, body.account_id, x_account_id)
-    return open_billing_portal(account_id, body.return_url, settings, ledger)
+    user_id = caller.user_id if caller.kind == "user" else None
+    return open_billing_portal(account_id, user_id, body.return_url, settings, ledger)
 
 
 @webhook_router.post(
