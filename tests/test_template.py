@@ -55,6 +55,7 @@ EXTRA_ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/accounts/{account_id}/members/{user_id}"): "admin",
     ("POST", "/v1/accounts/{account_id}/debits"): "admin",
     ("POST", "/v1/accounts/{account_id}/lift-hold"): "admin",
+    ("PUT", "/v1/accounts/{account_id}/allowances"): "admin",
     ("GET", "/v1/accounts/{account_id}/history"): "admin",
     ("POST", "/v1/billing-portal"): "checkout",
 }

@@ -101,3 +101,7 @@ def usd_per_mtok_to_micro(value: Any) -> int:
 
 # A request field holding credits: accepts "12.5" or 12.5, yields micro-credits.
 Credits = Annotated[int, BeforeValidator(to_micro), PlainSerializer(format_micro, return_type=str)]
+# An amount that may be zero (an allowance of nothing).
+CreditsOrZero = Annotated[
+    int, BeforeValidator(lambda v: to_micro(v, allow_zero=True)), PlainSerializer(format_micro, return_type=str)
+]

@@ -157,6 +157,57 @@ class TestDebits:
         assert balance(client, service_headers, account)["available"] == "150"
 
 
+class TestAllowances:
+    def test_a_raise_tops_up_now_and_every_period_grants_it(self, client, service_headers, make_account, sql, ledger):
+        from tests.ledger.test_periods import age
+
+        account = make_account("free")  # 100 credits a period, 100 requests
+        put = client.put(
+            f"/v1/accounts/{account}/allowances",
+            json={"allowances": {"credits": "300", "requests": 1000}, "reason": "enterprise pilot"},
+            headers=service_headers,
+        )
+        assert put.status_code == 200, put.text
+        assert put.json()["allowances"]["credits"] == "300" and put.json()["allowances"]["tokens"] == "10000"
+        line = balance(client, service_headers, account)
+        assert (line["allowance"], line["available"]) == ("300", "350")  # 200 more now, welcome 50
+        assert balance(client, service_headers, account, "requests")["allowance"] == "1000"
+        again = client.put(
+            f"/v1/accounts/{account}/allowances",
+            json={"allowances": {"credits": "300", "requests": 1000}, "reason": "same again"},
+            headers=service_headers,
+        )
+        assert again.status_code == 200 and balance(client, service_headers, account)["available"] == "350"
+        age(sql, account, 1)
+        assert balance(client, service_headers, account)["available"] == "350"  # the new period: 300 again
+        assert ledger.reconcile(account)["ok"]
+
+    def test_a_cut_waits_for_the_next_period_and_null_clears(self, client, service_headers, make_account, sql):
+        from tests.ledger.test_periods import age
+
+        account = make_account("free")
+        cut = {"allowances": {"credits": "40"}, "reason": "abuse"}
+        assert client.put(f"/v1/accounts/{account}/allowances", json=cut, headers=service_headers).status_code == 200
+        assert balance(client, service_headers, account)["available"] == "150"  # nothing taken back
+        age(sql, account, 1)
+        assert balance(client, service_headers, account)["available"] == "90"
+        clear = {"allowances": None, "reason": "back to the plan"}
+        answer = client.put(f"/v1/accounts/{account}/allowances", json=clear, headers=service_headers).json()
+        assert answer["allowance_overrides"] is None and answer["allowances"]["credits"] == "100"
+        assert balance(client, service_headers, account)["available"] == "150"  # the raise back to 100, now
+
+    def test_unknown_keys_and_bad_amounts_change_nothing(self, client, service_headers, make_account):
+        account = make_account("free")
+        for allowances in ({"nope": "5"}, {"credits": "-1"}, {"credits": "1e3"}):
+            response = client.put(
+                f"/v1/accounts/{account}/allowances",
+                json={"allowances": allowances, "reason": "x"},
+                headers=service_headers,
+            )
+            assert_problem(response, 422, "invalid_request")
+        assert balance(client, service_headers, account)["allowance"] == "100"
+
+
 class TestHistoryAndHolds:
     def test_plan_and_status_changes_are_recorded_and_a_hold_can_be_lifted(
         self, client, service_headers, make_account, sql

@@ -29,6 +29,7 @@ def age(sql, account: str, months: int) -> None:
         "period_start = period_start - make_interval(months => %s), "
         "external_ref = 'allowance:' || plan_id || ':' || to_char((period_start - make_interval(months => %s)) "
         "AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || ':' || key "
+        "|| coalesce(substring(external_ref from '(:(more|back):[0-9]+)$'), '') "
         "WHERE account_id = %s AND source = 'allowance'",
         months,
         months,

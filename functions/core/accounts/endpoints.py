@@ -10,6 +10,8 @@ from functions.core.accounts.schemas import (
     AccountAnswer,
     AccountHistory,
     AccountPut,
+    AllowancesAnswer,
+    AllowancesPut,
     DebitAnswer,
     DebitPost,
     GrantAnswer,
@@ -21,6 +23,7 @@ from functions.core.accounts.schemas import (
     PlanPut,
 )
 from functions.core.deps import LedgerDep, ServiceDep
+from functions.core.money import format_micro
 from functions.core.openapi import IDEMPOTENT, SIGNED_IN
 from functions.core.present import cost_usd, micro_fields
 from functions.core.schemas import AccountId, IdempotencyKey
@@ -105,6 +108,18 @@ def post_debit(
         response.status_code = 200
     answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
     return micro_fields(answer, ("amount", "debt_added"))
+
+
+@router.put("/v1/accounts/{account_id}/allowances", response_model=AllowancesAnswer)
+def put_allowances(account_id: AccountPath, body: AllowancesPut, caller: ServiceDep, ledger: LedgerDep) -> dict:
+    """Custom limits for one customer: per key, what each period grants instead of the
+    plan's (null clears them). From the next period; a raise also tops up this one now."""
+    answer = ledger.set_allowances({"account_id": account_id, "allowances": body.allowances, "reason": body.reason})
+    present_account(answer)
+    for field in ("allowance_overrides", "allowances"):
+        if answer[field] is not None:
+            answer[field] = {key: format_micro(amount) for key, amount in answer[field].items()}
+    return answer
 
 
 @router.post("/v1/accounts/{account_id}/lift-hold", response_model=AccountAnswer)

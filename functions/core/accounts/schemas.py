@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from functions.core.money import Credits
+from functions.core.money import Credits, CreditsOrZero
 from functions.core.schemas import Slug, Strict
 
 
@@ -46,6 +46,13 @@ class DebitAnswer(BaseModel):
     reason: str | None
     balance: dict
     replayed: bool = False
+
+
+class AllowancesPut(Strict):
+    allowances: dict[Slug, CreditsOrZero] | None = Field(
+        description="per balance key, the amount each period grants instead of the plan's; null clears them"
+    )
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class HoldLift(Strict):
@@ -96,6 +103,11 @@ class AccountAnswer(BaseModel):
     period_end: str
     balances: list[dict]
     created: bool | None = None
+
+
+class AllowancesAnswer(AccountAnswer):
+    allowance_overrides: dict[str, str] | None
+    allowances: dict[str, str] = Field(description="what each period grants now: the plan's with the overrides")
 
 
 class GrantAnswer(BaseModel):

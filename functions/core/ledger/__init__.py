@@ -36,6 +36,9 @@ class Ledger(ABC):
     def debit(self, request: dict) -> dict:
         return self.rpc("creditgate_debit", request)
 
+    def set_allowances(self, request: dict) -> dict:
+        return self.rpc("creditgate_set_allowances", request)
+
     def lift_hold(self, request: dict) -> dict:
         return self.rpc("creditgate_lift_hold", request)
 
