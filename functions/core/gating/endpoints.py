@@ -92,7 +92,8 @@ def not_enforced(denial: ProblemError, request: dict) -> dict:
     }
 
 
-@router.get("/v1/entitlements", response_model=Entitlements)
+# Optional fields (reason, upgrade_to, …) are left out where they do not apply, as API.md shows them.
+@router.get("/v1/entitlements", response_model=Entitlements, response_model_exclude_none=True)
 def entitlements(
     caller: CallerDep,
     ledger: LedgerDep,

@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from functions.core.errors import Forbidden, InvalidRequest, ProblemError
+from functions.core.errors import Forbidden, InvalidRequest, ProblemError, ServiceUnavailable
 from functions.core.ledger import Ledger
 from functions.core.payments import provider
 from functions.core.payments.schemas import CheckoutRequest
@@ -63,7 +63,11 @@ def open_billing_portal(
     changes or cancels the plan; the webhook applies what they do there. A user opens it
     for their own account or for an org they own (a member may use it, not cancel it)."""
     if provider.payments_mode(settings) != "stripe":
-        raise provider.stripe_not_configured()
+        raise ServiceUnavailable(
+            "The billing portal is Stripe's: set STRIPE_SECRET_KEY (simulated payments have none)",
+            code="stripe_not_configured",
+            title="Stripe is not configured",
+        )
     return_url = return_url or settings.public_url.rstrip("/")
     require_allowed(settings, {"return_url": return_url})
     billing = ledger.billing_customer(account_id, user_id)
