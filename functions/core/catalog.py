@@ -30,6 +30,8 @@ class SettingsSection(_Item):
     low_balance_credits: Amount = "0"
     reservation_ttl_seconds: StrictInt = Field(300, gt=0)
     abuse_sessions_per_ip: StrictInt = Field(5, ge=0)
+    # "signup": each account resets on the day it was created; "calendar": on the 1st (UTC).
+    periods: Literal["signup", "calendar"] = "signup"
 
 
 class PlanItem(_Item):
@@ -163,6 +165,7 @@ def to_document(catalog: CatalogFile) -> dict[str, Any]:
             "low_balance_credits": to_micro(s.low_balance_credits, allow_zero=True),
             "reservation_ttl_seconds": s.reservation_ttl_seconds,
             "abuse_sessions_per_ip": s.abuse_sessions_per_ip,
+            "periods": s.periods,
         },
         "plans": [
             {
@@ -232,4 +235,7 @@ def to_document(catalog: CatalogFile) -> dict[str, Any]:
 
 
 def apply_catalog(ledger, path: Path = DEFAULT_CATALOG) -> dict[str, Any]:
-    return ledger.apply_catalog(to_document(load_catalog(path)))
+    document = to_document(load_catalog(path))
+    answer = ledger.apply_catalog(document)
+    # Idempotent like the rest; its own call, so the catalog RPC need not change.
+    return answer | ledger.rpc("creditgate_set_period_mode", {"mode": document["settings"]["periods"]})

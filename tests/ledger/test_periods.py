@@ -226,3 +226,43 @@ class TestUsedThisPeriod:
         assert answer["allowed"] and answer["charged"] == 20 * MICRO
         assert used(ledger, account) == 0 == journal_used(sql, account)
         assert ledger.reconcile(account)["ok"]
+
+
+class TestCalendarPeriods:
+    def test_new_accounts_reset_on_the_first_of_the_month(self, ledger, make_account, sql):
+        ledger.rpc("creditgate_set_period_mode", {"mode": "calendar"})
+        try:
+            account = make_account("free")
+        finally:
+            ledger.rpc("creditgate_set_period_mode", {"mode": "signup"})
+        start, end, anchor = sql(
+            "SELECT period_start, period_end, period_anchor FROM creditgate.accounts WHERE id = %s", account
+        )[0]
+        first = sql("SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'")[0][0]
+        assert start == anchor == first
+        assert end == sql("SELECT %s::timestamptz + interval '1 month'", first)[0][0]
+        assert used(ledger, account) == 0 and counter(sql, account) == 0
+        # The whole allowance for the rest of this month, and the next one on the 1st.
+        assert sql(
+            "SELECT amount FROM creditgate.grants WHERE account_id = %s AND source = 'allowance' AND key = 'credits'",
+            account,
+        ) == [(100 * MICRO,)]
+        age(sql, account, 1)
+        ledger.balance(account)
+        assert sql("SELECT period_start FROM creditgate.accounts WHERE id = %s", account)[0][0] == first
+        assert ledger.reconcile(account)["ok"]
+
+    def test_the_catalog_sets_the_mode(self, ledger, tmp_path, sql):
+        from functions.core.catalog import DEFAULT_CATALOG, apply_catalog
+
+        calendar = tmp_path / "catalog.toml"
+        calendar.write_text(DEFAULT_CATALOG.read_text().replace('periods = "signup"', 'periods = "calendar"'))
+        test_plans = [r[0] for r in sql("SELECT id FROM creditgate.plans WHERE id LIKE 'test\\_%%' AND active")]
+        assert "test_open" in test_plans
+        try:
+            assert apply_catalog(ledger, calendar)["periods"] == "calendar"
+        finally:
+            assert apply_catalog(ledger)["periods"] == "signup"
+            # Applying a catalog retires plans it does not list: the suite's own test plans.
+            sql("UPDATE creditgate.plans SET active = true WHERE id = ANY(%s)", test_plans)
+        assert sql("SELECT period_mode FROM creditgate.settings") == [("signup",)]
