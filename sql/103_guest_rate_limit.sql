@@ -12,6 +12,7 @@ DECLARE
   v_mode text := request ->> 'mode';
   v_agent text := request ->> 'agent';
   v_count integer;
+  v_rate integer;
   v_new boolean;
   v_ip_count integer;
   v_previous jsonb;
@@ -27,19 +28,6 @@ BEGIN
   IF v_agent IS NOT NULL AND NOT (v_agent = ANY (v_plan.agents)) THEN
     PERFORM creditgate.fail(403, 'agent_not_in_plan', jsonb_build_object('allowed', false,
       'plan', 'anonymous', 'agent', v_agent, 'upgrade_to', creditgate.upgrade_to(NULL, v_agent)));
-  END IF;
-
-  -- The anonymous plan's rate limit, per guest session, as a plan's is per account.
-  IF v_plan.rate_limit_per_minute > 0 THEN
-    INSERT INTO creditgate.rate_windows AS w (account_id, window_start, requests)
-    VALUES ('guest:' || v_session, date_trunc('minute', now()), 1)
-    ON CONFLICT (account_id, window_start) DO UPDATE SET requests = w.requests + 1
-    RETURNING requests INTO v_count;
-    IF v_count > v_plan.rate_limit_per_minute THEN
-      PERFORM creditgate.fail(429, 'rate_limited', jsonb_build_object('allowed', false,
-        'limit', v_plan.rate_limit_per_minute,
-        'retry_after', greatest(1, ceil(60 - extract(epoch FROM now() - date_trunc('minute', now()))))::bigint));
-    END IF;
   END IF;
 
   IF v_mode = 'check' THEN
@@ -62,6 +50,20 @@ BEGIN
       VALUES (v_ip, (now() AT TIME ZONE 'UTC')::date, 1, 1)
       ON CONFLICT (ip, day) DO UPDATE SET exchanges = d.exchanges + 1, sessions = d.sessions + v_new::integer
       RETURNING exchanges INTO v_ip_count;
+    END IF;
+  END IF;
+
+  -- The anonymous plan's rate limit, per guest session, as a plan's is per account; after
+  -- the idempotency claim, so a replay returns its first answer instead of counting.
+  IF v_plan.rate_limit_per_minute > 0 THEN
+    INSERT INTO creditgate.rate_windows AS w (account_id, window_start, requests)
+    VALUES ('guest:' || v_session, date_trunc('minute', now()), 1)
+    ON CONFLICT (account_id, window_start) DO UPDATE SET requests = w.requests + 1
+    RETURNING requests INTO v_rate;
+    IF v_rate > v_plan.rate_limit_per_minute THEN
+      PERFORM creditgate.fail(429, 'rate_limited', jsonb_build_object('allowed', false,
+        'limit', v_plan.rate_limit_per_minute,
+        'retry_after', greatest(1, ceil(60 - extract(epoch FROM now() - date_trunc('minute', now()))))::bigint));
     END IF;
   END IF;
 

@@ -5,6 +5,35 @@
 ALTER TABLE creditgate.accounts ADD COLUMN allowance_overrides jsonb
   CHECK (allowance_overrides IS NULL OR jsonb_typeof(allowance_overrides) = 'object');
 
+-- Overrides belong to the plan they were set on (a deal made on enterprise must not follow
+-- a downgrade, nor hold an upgrade back): any plan change clears them, by any path.
+-- They are recorded in the account's history like its plan and status.
+CREATE FUNCTION creditgate.plan_changed_clears_overrides()
+RETURNS trigger LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+  IF OLD.plan_id IS DISTINCT FROM NEW.plan_id THEN
+    NEW.allowance_overrides := NULL;
+  END IF;
+  RETURN NEW;
+END
+$$;
+CREATE TRIGGER plan_changed_clears_overrides BEFORE UPDATE OF plan_id ON creditgate.accounts
+  FOR EACH ROW EXECUTE FUNCTION creditgate.plan_changed_clears_overrides();
+
+CREATE FUNCTION creditgate.record_overrides_change()
+RETURNS trigger LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+  INSERT INTO creditgate.account_changes (account_id, field, old_value, new_value, reason)
+  VALUES (NEW.id, 'allowances', OLD.allowance_overrides::text, coalesce(NEW.allowance_overrides::text, 'null'),
+          nullif(current_setting('creditgate.reason', true), ''));
+  RETURN NULL;
+END
+$$;
+-- Any update (not only one naming the column): a plan change clears them in a trigger.
+CREATE TRIGGER overrides_changed AFTER UPDATE ON creditgate.accounts
+  FOR EACH ROW WHEN (OLD.allowance_overrides IS DISTINCT FROM NEW.allowance_overrides)
+  EXECUTE FUNCTION creditgate.record_overrides_change();
+
 -- The allowances an account's period grants: its plan's, with its overrides on top.
 CREATE FUNCTION creditgate.allowances_of(p_account creditgate.accounts)
 RETURNS jsonb LANGUAGE sql STABLE SET search_path = '' AS $$
@@ -184,10 +213,11 @@ BEGIN
       AND plan_id = v_account.plan_id AND period_start = v_account.period_start
       AND external_ref NOT LIKE '%:back:%';
     IF a.amount > v_granted THEN
+      -- The period's own key when it has no grant yet (a key only the overrides grant), so
+      -- grant_allowances finds it granted; a top-up of it otherwise.
       PERFORM creditgate.add_grant(v_account.id, a.key, 'allowance', a.amount - v_granted,
-        coalesce(v_ref, 'allowance:' || v_account.plan_id || ':' ||
-          to_char(v_account.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || ':' || a.key)
-          || ':more:' || (v_n + 1),
+        coalesce(v_ref || ':more:' || (v_n + 1), 'allowance:' || v_account.plan_id || ':' ||
+          to_char(v_account.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || ':' || a.key),
         v_account.period_end, NULL, v_account.plan_id, v_account.period_start);
     END IF;
   END LOOP;
@@ -215,7 +245,13 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
     SELECT to_char(to_timestamp(i.created) AT TIME ZONE 'UTC', 'YYYY-MM-DD'), 'subscriptions', i.amount
     FROM (SELECT DISTINCT ON (object_id) object_id, created,
                  coalesce((payload #>> '{data,object,amount_paid}')::bigint, 0) AS amount
-          FROM creditgate.stripe_events WHERE type = 'invoice.paid' ORDER BY object_id, created) i, span
+          FROM creditgate.stripe_events e, creditgate.settings s
+          -- Invoices the webhook applied to an account, in the catalog's currency (not
+          -- another product's on the same Stripe account). Subscription refunds are not
+          -- taken off (pack refunds are, through their orders).
+          WHERE e.type = 'invoice.paid' AND e.handled AND e.account_id IS NOT NULL
+            AND lower(e.payload #>> '{data,object,currency}') = lower(s.currency)
+          ORDER BY object_id, created) i, span
     WHERE to_timestamp(i.created) >= span.since
   )
   SELECT jsonb_build_object(

@@ -235,7 +235,13 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
     SELECT to_char(to_timestamp(i.created) AT TIME ZONE 'UTC', 'YYYY-MM-DD'), 'subscriptions', i.amount
     FROM (SELECT DISTINCT ON (object_id) object_id, created,
                  coalesce((payload #>> '{data,object,amount_paid}')::bigint, 0) AS amount
-          FROM creditgate.stripe_events WHERE type = 'invoice.paid' ORDER BY object_id, created) i, span
+          FROM creditgate.stripe_events e, creditgate.settings s
+          -- Invoices the webhook applied to an account, in the catalog's currency (not
+          -- another product's on the same Stripe account). Subscription refunds are not
+          -- taken off (pack refunds are, through their orders).
+          WHERE e.type = 'invoice.paid' AND e.handled AND e.account_id IS NOT NULL
+            AND lower(e.payload #>> '{data,object,currency}') = lower(s.currency)
+          ORDER BY object_id, created) i, span
     WHERE to_timestamp(i.created) >= span.since
   )
   SELECT jsonb_build_object(

@@ -111,6 +111,10 @@ def create_app(name: str, *routers: Any, settings: Settings | None = None, ledge
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer when the JSON parser itself gives up (nesting too deep for it):
+            # malformed input, which API.md answers with 422.
+            return problem_response(InvalidRequest("Body is not JSON that can be read"))
         code = HTTP_CODES.get(exc.status_code, "http_error")
         return problem_response(
             ProblemError(

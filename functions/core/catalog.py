@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from functions.core.money import PRICE_FIELDS, major_to_minor, to_micro, usd_per_mtok_to_micro
+from functions.core.money import PRICE_FIELDS, major_to_minor, to_micro, usd_per_mtok_to_micro, usd_to_pico
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "catalog.toml"
 Amount = str  # decimal strings in the file; TOML floats would round
@@ -32,6 +32,8 @@ class SettingsSection(_Item):
     abuse_sessions_per_ip: StrictInt = Field(5, ge=0)
     # "signup": each account resets on the day it was created; "calendar": on the 1st (UTC).
     periods: Literal["signup", "calendar"] = "signup"
+    # Tell the operator when a day's provider cost reaches this (USD); "0": never.
+    alert_daily_cost_usd: Amount = "0"
 
 
 class PlanItem(_Item):
@@ -166,6 +168,7 @@ def to_document(catalog: CatalogFile) -> dict[str, Any]:
             "reservation_ttl_seconds": s.reservation_ttl_seconds,
             "abuse_sessions_per_ip": s.abuse_sessions_per_ip,
             "periods": s.periods,
+            "alert_daily_cost_pico_usd": usd_to_pico(s.alert_daily_cost_usd),
         },
         "plans": [
             {
@@ -238,4 +241,5 @@ def apply_catalog(ledger, path: Path = DEFAULT_CATALOG) -> dict[str, Any]:
     document = to_document(load_catalog(path))
     answer = ledger.apply_catalog(document)
     # Idempotent like the rest; its own call, so the catalog RPC need not change.
-    return answer | ledger.rpc("creditgate_set_period_mode", {"mode": document["settings"]["periods"]})
+    settings = {k: document["settings"][k] for k in ("periods", "alert_daily_cost_pico_usd")}
+    return answer | ledger.rpc("creditgate_apply_settings", settings)

@@ -86,6 +86,14 @@ PRICE_FIELDS = (
 )
 
 
+def usd_to_pico(value: Any) -> int:
+    """A USD amount ("50", "0.5") to pico-USD, the unit of provider cost."""
+    number = _decimal(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return int(number * 10**12)
+
+
 def pico_usd_to_str(pico: int) -> str:
     return format((Decimal(pico) / 10**12).normalize(), "f")
 

@@ -9,17 +9,21 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, mo
 
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9_.:@|-]{1,128}")
 # Guests' rows live under "guest:<session id>" (their gate calls' idempotency keys, deleted
-# with the session): an account of that name would share them.
+# with the session): an account of that name would share them. "operator" is the account
+# id of the operator's alerts.
 GUEST_PREFIX = "guest:"
+OPERATOR = "operator"
 
 
 def is_account_id(value: str) -> bool:
-    return bool(ACCOUNT_ID.fullmatch(value)) and not value.startswith(GUEST_PREFIX)
+    return bool(ACCOUNT_ID.fullmatch(value)) and not value.startswith(GUEST_PREFIX) and value != OPERATOR
 
 
 def _account_id(value: str) -> str:
     if value.startswith(GUEST_PREFIX):
         raise ValueError(f"account ids must not start with {GUEST_PREFIX!r} (reserved for guest sessions)")
+    if value == OPERATOR:
+        raise ValueError(f"{OPERATOR!r} is reserved (the operator's alerts)")
     return value
 
 

@@ -9,7 +9,7 @@
 CREATE TABLE creditgate.account_changes (
   id         bigserial PRIMARY KEY,
   account_id text NOT NULL REFERENCES creditgate.accounts (id),
-  field      text NOT NULL CHECK (field IN ('plan', 'status')),
+  field      text NOT NULL CHECK (field IN ('plan', 'status', 'allowances')),
   old_value  text,
   new_value  text NOT NULL,
   reason     text,

@@ -196,6 +196,30 @@ class TestAllowances:
         assert answer["allowance_overrides"] is None and answer["allowances"]["credits"] == "100"
         assert balance(client, service_headers, account)["available"] == "150"  # the raise back to 100, now
 
+    def test_a_key_only_the_overrides_grant_is_granted_once_across_a_plan_round_trip(
+        self, client, service_headers, make_account, ledger
+    ):
+        account = make_account("free")  # no goal_generation allowance on free
+        put = {"allowances": {"goal_generation": "20"}, "reason": "pilot"}
+        client.put(f"/v1/accounts/{account}/allowances", json=put, headers=service_headers)
+        assert balance(client, service_headers, account, "goal_generation")["available"] == "20"
+        client.put(f"/v1/accounts/{account}/plan", json={"plan": "pro"}, headers=service_headers)
+        client.put(f"/v1/accounts/{account}/plan", json={"plan": "free"}, headers=service_headers)
+        assert balance(client, service_headers, account, "goal_generation")["available"] == "20"
+        assert ledger.reconcile(account)["ok"]
+
+    def test_a_plan_change_clears_them_and_history_keeps_every_change(self, client, service_headers, make_account):
+        account = make_account("business")
+        deal = {"allowances": {"credits": "50000"}, "reason": "enterprise deal"}
+        client.put(f"/v1/accounts/{account}/allowances", json=deal, headers=service_headers)
+        client.put(f"/v1/accounts/{account}/plan", json={"plan": "free"}, headers=service_headers)
+        line = balance(client, service_headers, account)
+        assert line["allowance"] == "100"  # the deal does not follow a downgrade
+        history = client.get(f"/v1/accounts/{account}/history", headers=service_headers).json()["items"]
+        fields = [(h["field"], h["to"], h["reason"]) for h in history]
+        assert ("allowances", '{"credits": 50000000000}', "enterprise deal") in fields
+        assert ("allowances", "null", None) in fields and ("plan", "free", None) in fields
+
     def test_unknown_keys_and_bad_amounts_change_nothing(self, client, service_headers, make_account):
         account = make_account("free")
         for allowances in ({"nope": "5"}, {"credits": "-1"}, {"credits": "1e3"}):

@@ -173,6 +173,15 @@ class TestDeepBodies:
         assert_problem(response, 422, "invalid_request")
         assert snapshot() == before
 
+    def test_a_body_too_deep_for_the_json_parser_is_422(self, client, service_headers, account, snapshot):
+        before = snapshot()
+        body = '{"feature": ' + "[" * 200_000 + "]" * 200_000 + "}"
+        response = client.post(
+            "/v1/gate", content=body, headers={**service_headers, "Content-Type": "application/json"}
+        )
+        assert_problem(response, 422, "invalid_request")
+        assert snapshot() == before
+
 
 class TestNulCharacters:
     """PostgreSQL text cannot hold U+0000: refused up front, never a database error."""

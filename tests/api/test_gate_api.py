@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from fastapi.testclient import TestClient
 
 from functions.local import build_app
@@ -173,6 +174,18 @@ class TestGateAsGuest:
                 client.post("/v1/gate", json={"feature": "chat", "mode": "check"}, headers=session).status_code == 200
             )
 
+    def test_a_replay_is_its_first_answer_not_another_request(self, client, sql):
+        limit = sql("SELECT rate_limit_per_minute FROM creditgate.plans WHERE id = 'anonymous'")[0][0]
+        session = {"X-Session-Id": f"guest-{uuid.uuid4().hex}"}
+        body = {"feature": "chat", "mode": "check"}
+        commit = {"feature": "chat", "mode": "commit", "idempotency_key": "one-exchange"}
+        first = client.post("/v1/gate", json=commit, headers=session)
+        replays = [client.post("/v1/gate", json=commit, headers=session) for _ in range(limit + 1)]
+        assert {r.status_code for r in replays} == {200} and {r.json()["cost_estimate"] for r in replays} == {
+            first.json()["cost_estimate"]
+        }
+        assert client.post("/v1/gate", json=body, headers=session).status_code == 200
+
     def test_the_anonymous_plans_rate_limit_applies_per_session(self, client, sql):
         limit = sql("SELECT rate_limit_per_minute FROM creditgate.plans WHERE id = 'anonymous'")[0][0]
         assert limit > 0
@@ -256,39 +269,53 @@ class TestRelease:
 
 
 class TestEnforcementOff:
-    """CREDITGATE_ENFORCEMENT=monitor, the emergency switch: nothing is denied, what would
-    have been is said, and usage is still recorded (as debt where credits are short)."""
+    """CREDITGATE_ENFORCEMENT=monitor, the emergency switch: running short of credits or
+    quota is not denied (it is said), a commit is recorded as usage (debt where short);
+    plan access, a disputed account, rate limits and guests stay enforced."""
 
-    def test_a_denial_becomes_an_allowed_answer_that_says_it(
-        self, settings, ledger, service_headers, make_account, sql
-    ):
-        account = make_account("free")  # 150 credits; chat on gpt-4o costs more than that for 10M tokens
+    @pytest.fixture
+    def monitor(self, settings, ledger):
         app = build_app(settings=settings.model_copy(update={"enforcement": "monitor"}), ledger=ledger)
-        big = gate_body(account, model="gpt-4o", estimate={"input_tokens": 10**7, "max_output_tokens": 10**6})
         with TestClient(app) as client:
-            answer = client.post("/v1/gate", json=big, headers=service_headers)
-            assert answer.status_code == 200, answer.text
-            body = answer.json()
-            assert body["allowed"] is True and body["reservation"] is None
-            assert body["warnings"] == ["not_enforced"]
-            assert body["not_enforced"]["code"] == "insufficient_credits"
-            locked = client.post("/v1/gate", json=gate_body(account, agent="builder"), headers=service_headers)
-            assert locked.json()["not_enforced"]["code"] == "agent_not_in_plan"
-            # Nothing was held or charged; the usage recorded afterwards is debt.
-            usage = client.post(
-                "/v1/usage",
-                json={
-                    "account_id": account,
-                    "feature": "chat",
-                    "model": "gpt-4o",
-                    "usage": {"input_tokens": 10**7, "output_tokens": 10**6},
-                    "idempotency_key": uuid.uuid4().hex,
-                },
-                headers=service_headers,
-            ).json()
-            assert usage["overdraft"] is True
+            yield client
+
+    def test_running_short_is_allowed_and_said(self, monitor, service_headers, make_account, ledger, sql):
+        account = make_account("free")  # 150 credits
+        big = gate_body(account, model="gpt-4o", estimate={"input_tokens": 10**7, "max_output_tokens": 10**6})
+        answer = monitor.post("/v1/gate", json=big, headers=service_headers)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["allowed"] is True and body["reservation"] is None and body["warnings"] == ["not_enforced"]
+        assert body["not_enforced"]["code"] == "insufficient_credits"
         assert sql("SELECT count(*) FROM creditgate.reservations WHERE account_id = %s", account) == [(0,)]
         assert ledger.reconcile(account)["ok"]
+
+    def test_a_commit_is_recorded_as_usage_and_becomes_debt(self, monitor, service_headers, make_account, ledger):
+        account = make_account("free")
+        big = gate_body(
+            account, model="gpt-4o", mode="commit", estimate={"input_tokens": 10**7, "max_output_tokens": 10**6}
+        )
+        first = monitor.post("/v1/gate", json=big, headers=service_headers).json()
+        again = monitor.post("/v1/gate", json=big, headers=service_headers).json()  # a replay charges once
+        assert first["charged"] == again["charged"] and first["usage_id"] == again["usage_id"]
+        credits = next(b for b in ledger.balance(account)["balances"] if b["key"] == "credits")
+        assert credits["available"] == 0 and credits["debt"] > 0
+        assert ledger.reconcile(account)["ok"]
+
+    def test_access_disputes_rate_limits_and_guests_stay_enforced(self, monitor, service_headers, make_account, sql):
+        account = make_account("free")
+        locked = monitor.post("/v1/gate", json=gate_body(account, agent="builder"), headers=service_headers)
+        assert_problem(locked, 403, "agent_not_in_plan")
+        sql("UPDATE creditgate.accounts SET status = 'disputed' WHERE id = %s", account)
+        assert_problem(
+            monitor.post("/v1/gate", json=gate_body(account), headers=service_headers), 403, "account_disputed"
+        )
+        session = {"X-Session-Id": f"guest-{uuid.uuid4().hex}"}
+        statuses = [monitor.post("/v1/gate", json={"feature": "chat"}, headers=session).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        assert_problem(
+            monitor.post("/v1/gate", json={"feature": "screenshot"}, headers=session), 403, "feature_not_in_plan"
+        )
 
     def test_enforced_by_default(self, client, service_headers, make_account):
         account = make_account("free")

@@ -230,11 +230,11 @@ class TestUsedThisPeriod:
 
 class TestCalendarPeriods:
     def test_new_accounts_reset_on_the_first_of_the_month(self, ledger, make_account, sql):
-        ledger.rpc("creditgate_set_period_mode", {"mode": "calendar"})
+        ledger.rpc("creditgate_apply_settings", {"periods": "calendar"})
         try:
             account = make_account("free")
         finally:
-            ledger.rpc("creditgate_set_period_mode", {"mode": "signup"})
+            ledger.rpc("creditgate_apply_settings", {"periods": "signup"})
         start, end, anchor = sql(
             "SELECT period_start, period_end, period_anchor FROM creditgate.accounts WHERE id = %s", account
         )[0]

@@ -28,6 +28,14 @@ def test_packs_and_every_paid_invoice_count_once(stripe_http, fake, make_account
     twin["id"] = "evt_twin_" + new_key()
     deliver_all(stripe_http, fake, [updated, renewal, twin])
 
+    # An invoice in another currency than the catalog's (another product on the same Stripe
+    # account) is not added to this revenue.
+    stranger = copy.deepcopy(renewal)
+    stranger["id"] = "evt_stranger_" + new_key()
+    stranger["data"]["object"]["id"] = "in_stranger_" + new_key()
+    stranger["data"]["object"]["currency"] = "jpy"
+    deliver_all(stripe_http, fake, [stranger])
+
     invoices = {
         e["data"]["object"]["id"]: e["data"]["object"]["amount_paid"]
         for e in [*events, renewal]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from functions.core.deps import AccountHeader, CallerDep, LedgerDep, ServiceDep, SettingsDep, resolve_account
 from functions.core.errors import InvalidRequest, ProblemError
 from functions.core.gating.schemas import Entitlements, GateAllowed, GateDenied, GateRequest, ReleaseAnswer
+from functions.core.money import format_micro
 from functions.core.openapi import IDEMPOTENT, SIGNED_IN
 from functions.core.present import micro_fields
 from functions.core.schemas import AccountId
@@ -64,18 +65,41 @@ def gate(
     try:
         return present_gate(ledger.gate(request))
     except ProblemError as denial:
-        if settings.enforcement != "monitor" or denial.status not in DENIALS:
+        if settings.enforcement != "monitor" or caller.kind == "guest" or denial.code not in NOT_ENFORCED:
             raise
-        return not_enforced(denial, request)
+        return not_enforced(denial, request, ledger)
 
 
-def not_enforced(denial: ProblemError, request: dict) -> dict:
+# What the emergency switch lets through: running short of credits or quota. Plan access,
+# rate limits, a disputed account and guests' limits stay enforced.
+NOT_ENFORCED = frozenset({"insufficient_credits", "debt_outstanding", "quota_exhausted"})
+
+
+def not_enforced(denial: ProblemError, request: dict, ledger: LedgerDep) -> dict:
     """The emergency switch (CREDITGATE_ENFORCEMENT=monitor): allowed, with the denial it
-    would have been. Nothing was reserved or charged; the usage, recorded afterwards,
-    becomes debt where credits are short."""
+    would have been. Nothing is reserved; a commit is recorded as the usage it charges (so
+    it becomes debt where credits are short); after a reserve, record the usage by account."""
     logger.warning(
         "not enforced: %s for account %s, feature %s", denial.code, request.get("account_id"), request["feature"]
     )
+    charged = usage_id = None
+    if request["mode"] == "commit":
+        estimate = request.get("estimate") or {}
+        usage = {
+            "account_id": request["account_id"],
+            "feature": request["feature"],
+            "idempotency_key": request["idempotency_key"],
+            **{k: request[k] for k in ("agent", "model", "provider", "user_id") if request.get(k)},
+        }
+        if "quantity" in estimate:
+            usage["quantity"] = estimate["quantity"]
+        else:
+            usage["usage"] = {
+                "input_tokens": estimate.get("input_tokens", 0),
+                "output_tokens": estimate.get("max_output_tokens", 0),
+            }
+        recorded = ledger.record_usage(usage)
+        charged, usage_id = format_micro(recorded["cost"]), recorded["usage_id"]
     return {
         "allowed": True,
         "account_id": request.get("account_id"),
@@ -86,6 +110,8 @@ def not_enforced(denial: ProblemError, request: dict) -> dict:
         "mode": request["mode"],
         "cost_estimate": denial.fields.get("required") or "0",
         "reservation": None,
+        "charged": charged,
+        "usage_id": usage_id,
         "balance": None,
         "warnings": ["not_enforced"],
         "not_enforced": denial.body(),

@@ -1,5 +1,6 @@
 """Posts recorded threshold notices to the app's webhook, so it can tell its users (75 / 90 /
-100 % of an allowance, low balance). At least once: the notices are leased in SQL, each is
+100 % of an allowance, low balance), and the operator's alerts (`type: "alert.…"`: a day's
+provider cost over its threshold, guest abuse from one IP). At least once: the notices are leased in SQL, each is
 one signed POST, and only the ones the app answered 2xx are marked delivered. A failed one
 comes back when its lease ends (5 min, doubling, at most a day; ten attempts); the run
 stops at the first failure, and what it leased and did not try is due again at once.
@@ -68,7 +69,9 @@ def _post(client: Any, settings: Settings, notice: dict) -> bool:
     import httpx
 
     # Amounts as the API shows them: decimal strings of the balance's unit.
-    body = json.dumps(notice | {"balance": micro_fields(notice["balance"])}, separators=(",", ":")).encode()
+    if notice.get("balance"):
+        notice = notice | {"balance": micro_fields(notice["balance"])}
+    body = json.dumps(notice, separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
         "Creditgate-Notice-Id": str(notice["id"]),

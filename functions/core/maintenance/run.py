@@ -47,6 +47,8 @@ def run_maintenance(
         # Stop before a batch as slow as the slowest so far would overrun the budget.
         if time.monotonic() - started + slowest > seconds:
             break
+    # The operator's alerts of the day, recorded once (they go out with the notices).
+    totals["alerts"] = ledger.rpc("creditgate_record_operator_alerts", {})["alerts"]
     if settings is not None:
         totals |= dict.fromkeys(("notices_delivered", "notices_failed"), 0)
         try:

@@ -1,18 +1,27 @@
--- Generated from sql/106_calendar_periods.sql by `creditgate supabase-export`. Edit sql/106_calendar_periods.sql and
+-- Generated from sql/106_settings.sql by `creditgate supabase-export`. Edit sql/106_settings.sql and
 -- run the command again; never edit this copy.
--- Periods on the calendar: with `periods = "calendar"` in the catalog, new accounts reset
--- on the 1st of each month (UTC) instead of on the day they were created. Accounts that
--- exist keep their anchor; Stripe-billed accounts follow Stripe's periods either way.
+-- Settings the catalog carries beyond what its first RPC knows, set by `creditgate catalog
+-- apply` through creditgate_apply_settings:
+--
+-- Periods on the calendar: with `periods = "calendar"`, new accounts reset on the 1st of
+-- each month (UTC) instead of on the day they were created. Accounts that exist keep their
+-- anchor; Stripe-billed accounts follow Stripe's periods either way.
+--
+-- Operator alerts (107_operator_alerts.sql): `alert_daily_cost_usd`, the provider cost a
+-- day may reach before the operator is told (0: never).
 
-ALTER TABLE creditgate.settings ADD COLUMN period_mode text NOT NULL DEFAULT 'signup'
-  CHECK (period_mode IN ('signup', 'calendar'));
+ALTER TABLE creditgate.settings
+  ADD COLUMN period_mode text NOT NULL DEFAULT 'signup' CHECK (period_mode IN ('signup', 'calendar')),
+  ADD COLUMN alert_daily_cost_pico_usd bigint NOT NULL DEFAULT 0 CHECK (alert_daily_cost_pico_usd >= 0);
 
--- Set by `creditgate catalog apply` after the catalog itself.
-CREATE FUNCTION public.creditgate_set_period_mode(request jsonb)
+CREATE FUNCTION public.creditgate_apply_settings(request jsonb)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 BEGIN
-  UPDATE creditgate.settings SET period_mode = coalesce(request ->> 'mode', 'signup');
-  RETURN jsonb_build_object('periods', (SELECT period_mode FROM creditgate.settings));
+  UPDATE creditgate.settings SET
+    period_mode = coalesce(request ->> 'periods', 'signup'),
+    alert_daily_cost_pico_usd = coalesce((request ->> 'alert_daily_cost_pico_usd')::bigint, 0);
+  RETURN (SELECT jsonb_build_object('periods', period_mode, 'alert_daily_cost_pico_usd', alert_daily_cost_pico_usd)
+          FROM creditgate.settings);
 END
 $$;
 
@@ -56,4 +65,4 @@ $$;
 
 SELECT creditgate.secure();
 
-INSERT INTO creditgate.schema_migrations (version) VALUES ('106_calendar_periods') ON CONFLICT DO NOTHING;
+INSERT INTO creditgate.schema_migrations (version) VALUES ('106_settings') ON CONFLICT DO NOTHING;
