@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from functions.core.errors import ProblemError
 from tests.conftest import MICRO
 
 NEVER = 10**9  # a promo's expiry before it is made to expire (2999 in the database)
+ALLOWANCE = 100 * MICRO  # the test_allowance plan's credits per period
 NO_EXPIRY = 10**10  # NULL sorts after every expiry
 
 Op = st.one_of(
@@ -103,6 +105,8 @@ def run(ledger, sql, account: str, model: Model, op: str, n: int) -> None:
         model.available += n * MICRO - pay
         priority, expires = (20, NEVER) if op == "promo" else (30, NO_EXPIRY)
         model.grants.append(Grant(answer["grant_id"], priority, expires, n * MICRO - pay))
+    elif op == "roll":
+        roll(ledger, sql, account, model)
     elif op == "expire":
         promos = [g for g in model.grants if g.expires == NEVER]
         if promos:
@@ -145,6 +149,41 @@ def run(ledger, sql, account: str, model: Model, op: str, n: int) -> None:
         model.consume(n * MICRO, 0, None)
 
 
+FUTURE = 10**8  # an allowance's expiry before its period ends: after any step, before a promo's
+
+
+def roll(ledger, sql, account: str, model: Model) -> None:
+    """The period ends: every time of the account moves a month back (periods, expiries, open
+    holds), so what happened before still did; the next call rolls the period."""
+    month = "interval '1 month'"
+    sql(
+        f"UPDATE creditgate.accounts SET period_anchor = period_anchor - {month}, "
+        f"period_start = period_start - {month}, period_end = period_end - {month} WHERE id = %s",
+        account,
+    )
+    # (Two steps: one period's new key is the next one's old key, and keys are unique.)
+    sql("UPDATE creditgate.grants SET external_ref = external_ref || ':moving' WHERE account_id = %s", account)
+    sql(
+        f"UPDATE creditgate.grants SET expires_at = expires_at - {month}, "
+        f"period_start = period_start - {month}, "
+        "external_ref = CASE WHEN source = 'allowance' THEN 'allowance:' || plan_id || ':' || "
+        f"to_char((period_start - {month}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || ':' || key "
+        "ELSE left(external_ref, -length(':moving')) END WHERE account_id = %s",
+        account,
+    )
+    sql(f"UPDATE creditgate.reservations SET created_at = created_at - {month} WHERE account_id = %s", account)
+    ledger.balance(account)  # rolls: the old allowance expires (what holds keep stays), a new one comes
+    for grant in model.grants:
+        if grant.priority == 10 and grant.expires >= FUTURE and grant.expires < NEVER:
+            grant.expires = model.step
+    model.expire()
+    (new_id,) = sql("SELECT max(id) FROM creditgate.grants WHERE account_id = %s AND source = 'allowance'", account)[0]
+    pay = min(model.debt, ALLOWANCE)
+    model.debt -= pay
+    model.available += ALLOWANCE - pay
+    model.grants.append(Grant(new_id, 10, FUTURE + model.step, ALLOWANCE - pay))
+
+
 def check(ledger, sql, account: str, model: Model, where: str) -> None:
     line = next(b for b in ledger.balance(account)["balances"] if b["key"] == "credits")  # expires what is due
     model.expire()
@@ -179,3 +218,44 @@ def test_every_grant_holds_what_the_rules_say(ledger, sql, make_account, welcome
         model.consume(0, hold.amount, None)
         check(ledger, sql, account, model, f"release {hold.id}")
     assert all(g.remaining == 0 for g in model.grants if g.expires < NEVER)
+
+
+@pytest.fixture
+def allowance_plan(sql):
+    """Every feature, 100 credits a period, no rate limit: the rolls of a real plan."""
+    sql(
+        """INSERT INTO creditgate.plans (id, name, price_minor, features, agents, allowances,
+                                         rate_limit_per_minute, display_order)
+           SELECT 'test_allowance', 'Test allowance', 99999700, array_agg(id), '{}',
+                  jsonb_build_object('credits', %s::bigint), 0, 97
+           FROM creditgate.features ON CONFLICT (id) DO UPDATE SET active = true""",
+        ALLOWANCE,
+    )
+    return "test_allowance"
+
+
+Rolling = st.one_of(Op, st.tuples(st.just("roll"), st.just(0)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(Rolling, min_size=1, max_size=25))
+# A hold across a reset, paid or released after it; a commit after the reset while it is open.
+@example(ops=[("reserve", 120), ("roll", 0), ("settle", 60), ("commit", 30)])
+@example(ops=[("reserve", 100), ("roll", 0), ("commit", 100), ("release", 0)])
+@example(ops=[("reserve", 100), ("roll", 0), ("reserve", 50), ("settle", 51), ("release", 0), ("roll", 0)])
+def test_across_period_rolls_every_grant_holds_what_the_rules_say(
+    ledger, sql, make_account, welcome, allowance_plan, ops
+):
+    account = make_account(allowance_plan)
+    grants = sql("SELECT id, source FROM creditgate.grants WHERE account_id = %s ORDER BY id", account)
+    model = Model(
+        grants=[
+            Grant(gid, 10, FUTURE, ALLOWANCE) if source == "allowance" else Grant(gid, 20, NO_EXPIRY, welcome)
+            for gid, source in grants
+        ],
+        available=welcome + ALLOWANCE,
+    )
+    for op, n in ops:
+        model.step += 1
+        run(ledger, sql, account, model, op, n)
+        check(ledger, sql, account, model, f"after {op} {n} at step {model.step}")
