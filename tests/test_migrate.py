@@ -135,3 +135,35 @@ class TestUpgrade:
         finally:
             with psycopg.connect(dsn, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+class TestUninstall:
+    def test_removes_everything_of_creditgate_and_can_be_installed_again(self, dsn, monkeypatch, capsys):
+        from functions.core.cli import main
+
+        name = f"uninstall_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+        try:
+            migrate(url)
+            monkeypatch.setenv("DATABASE_URL", url)
+            assert main(["uninstall"]) == 2  # not without saying yes
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT to_regnamespace('creditgate')").fetchone()[0] is not None
+            assert main(["uninstall", "--yes-delete-every-balance"]) == 0
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT to_regnamespace('creditgate')").fetchone()[0] is None
+                left = conn.execute(
+                    "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    "WHERE n.nspname = 'public' AND p.proname LIKE 'creditgate%'"
+                ).fetchone()[0]
+                triggers = conn.execute(
+                    "SELECT count(*) FROM pg_trigger WHERE tgname = 'creditgate_on_auth_user_created'"
+                ).fetchone()[0]
+                assert (left, triggers) == (0, 0)
+                assert conn.execute("SELECT to_regclass('auth.users')").fetchone()[0] is not None  # not ours
+            assert migrate(url) == VERSIONS  # and back, from nothing
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

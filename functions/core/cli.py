@@ -32,6 +32,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from functions.core.database import uninstall
+
+    dsn = os.environ.get("DATABASE_URL")
+    if not dsn:
+        print("DATABASE_URL is required", file=sys.stderr)
+        return 2
+    if not args.yes_delete_every_balance:
+        print("This deletes every account, balance and history. Add --yes-delete-every-balance.", file=sys.stderr)
+        return 2
+    uninstall(dsn)
+    print("creditgate removed (schema creditgate, public.creditgate_* functions, the auth.users trigger)")
+    return 0
+
+
 def cmd_catalog_apply(args: argparse.Namespace) -> int:
     from functions.core.catalog import apply_catalog
 
@@ -181,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="creditgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply sql/ migrations to DATABASE_URL").set_defaults(run=cmd_migrate)
+    remove = sub.add_parser("uninstall", help="remove creditgate and all its data from DATABASE_URL")
+    remove.add_argument("--yes-delete-every-balance", action="store_true")
+    remove.set_defaults(run=cmd_uninstall)
     catalog = sub.add_parser("catalog", help="the offer").add_subparsers(dest="action", required=True)
     apply = catalog.add_parser("apply", help="load a catalog file (idempotent)")
     apply.add_argument("file", nargs="?", default=str(Path(__file__).resolve().parents[2] / "catalog.toml"))

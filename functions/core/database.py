@@ -147,6 +147,22 @@ def migration_order(path: Path) -> tuple[int, str]:
     return int(number), path.name
 
 
+def uninstall(dsn: str) -> None:
+    """Removes creditgate from a database: its schema (every table, with all balances and
+    history), its public RPCs and the sign-up trigger on auth.users; Supabase's own auth
+    schema and roles stay. One transaction: all of it or nothing."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS creditgate_on_auth_user_created ON auth.users")
+        for (signature,) in conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'public' AND p.proname LIKE 'creditgate\\_%'"
+        ).fetchall():
+            conn.execute(f"DROP FUNCTION {signature}")
+        conn.execute("DROP SCHEMA IF EXISTS creditgate CASCADE")
+
+
 class MigrationChanged(RuntimeError):
     """An applied sql/ file differs from what was applied: the database and the code disagree."""
 
