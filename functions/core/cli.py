@@ -32,6 +32,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stripe_sync(args: argparse.Namespace) -> int:
+    from functions.core.catalog import load_catalog
+    from functions.core.payments.stripe_sync import sync, write_price_ids
+    from functions.core.settings import Settings
+
+    settings = Settings(environment=os.environ.get("CREDITGATE_ENVIRONMENT", "development"))
+    if not settings.stripe_secret_key:
+        print("STRIPE_SECRET_KEY is required", file=sys.stderr)
+        return 2
+    path = Path(args.catalog)
+    results = sync(settings, load_catalog(path))
+    for r in results:
+        print(f"{r['kind']:4} {r['id']:12} {r['status']:9} {r['price_id']}")
+    if args.write:
+        write_price_ids(path, results)
+        print(f"wrote the price ids into {path}; now run: creditgate catalog apply {path}")
+    return 0
+
+
 def cmd_uninstall(args: argparse.Namespace) -> int:
     from functions.core.database import uninstall
 
@@ -196,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="creditgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply sql/ migrations to DATABASE_URL").set_defaults(run=cmd_migrate)
+    stripe_cmd = sub.add_parser("stripe", help="Stripe").add_subparsers(dest="action", required=True)
+    stripe_sync = stripe_cmd.add_parser("sync", help="the catalog's plans and packs as Stripe products and prices")
+    stripe_sync.add_argument("--catalog", default=str(Path(__file__).resolve().parents[2] / "catalog.toml"))
+    stripe_sync.add_argument("--write", action="store_true", help="set stripe_price_id in the catalog file")
+    stripe_sync.set_defaults(run=cmd_stripe_sync)
     remove = sub.add_parser("uninstall", help="remove creditgate and all its data from DATABASE_URL")
     remove.add_argument("--yes-delete-every-balance", action="store_true")
     remove.set_defaults(run=cmd_uninstall)
