@@ -229,7 +229,8 @@ BEGIN
 END
 $$;
 
--- The metrics of 99_answers_and_names.sql: "over 80 %" of the account's allowances.
+-- The metrics of 99_answers_and_names.sql: "over 80 %" of the account's allowances, and
+-- the funnel per day (guests, new accounts, upgrades, downgrades).
 CREATE OR REPLACE FUNCTION public.creditgate_metrics(request jsonb)
 RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
   WITH span AS (
@@ -255,9 +256,30 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
             AND lower(e.payload #>> '{data,object,currency}') = lower(s.currency)
           ORDER BY object_id, created) i, span
     WHERE to_timestamp(i.created) >= span.since
+  ), funnel AS (
+    -- The way in, per day: guests, new accounts, and plan changes up or down in price
+    -- (the history of 102_operator_actions.sql).
+    SELECT to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
+           count(*) FILTER (WHERE c.old_value IS NULL) AS new_accounts,
+           count(*) FILTER (WHERE c.old_value IS NOT NULL AND n.price_minor > o.price_minor) AS upgrades,
+           count(*) FILTER (WHERE c.old_value IS NOT NULL AND n.price_minor < o.price_minor) AS downgrades
+    FROM creditgate.account_changes c
+    JOIN span ON c.at >= span.since
+    LEFT JOIN creditgate.plans o ON o.id = c.old_value
+    LEFT JOIN creditgate.plans n ON n.id = c.new_value
+    WHERE c.field = 'plan'
+    GROUP BY 1
+  ), guests AS (
+    SELECT to_char(d.day, 'YYYY-MM-DD') AS day, sum(d.sessions) AS sessions, sum(d.exchanges) AS exchanges
+    FROM creditgate.guest_ip_days d, span WHERE d.day >= (span.since AT TIME ZONE 'UTC')::date GROUP BY 1
   )
   SELECT jsonb_build_object(
     'since', (SELECT since FROM span),
+    'funnel', (SELECT coalesce(jsonb_agg(jsonb_build_object('day', day,
+         'guest_sessions', coalesce(g.sessions, 0), 'guest_exchanges', coalesce(g.exchanges, 0),
+         'new_accounts', coalesce(f.new_accounts, 0), 'upgrades', coalesce(f.upgrades, 0),
+         'downgrades', coalesce(f.downgrades, 0)) ORDER BY day), '[]')
+       FROM funnel f FULL JOIN guests g USING (day)),
     'daily', (SELECT coalesce(jsonb_agg(d ORDER BY d ->> 'day'), '[]') FROM (
        SELECT jsonb_build_object('day', day, 'requests', coalesce(requests, 0), 'input_tokens', coalesce(i, 0),
                 'output_tokens', coalesce(o, 0), 'cost', coalesce(c, 0), 'cost_pico_usd', coalesce(p, 0),

@@ -281,3 +281,27 @@ class TestMetrics:
         assert any(row["agent"] == "builder" for row in body["top_agents"])
         assert any(row["model"] == "gpt-4o-mini" for row in body["top_models"])
         assert {"accounts_over_80_percent", "guest_abuse", "top_features"} <= body.keys()
+
+    def test_the_funnel_counts_guests_new_accounts_and_plan_changes(
+        self, client, service_headers, make_account, settings, ledger
+    ):
+        from fastapi.testclient import TestClient
+
+        from functions.local import build_app
+
+        def today() -> dict:
+            funnel = client.get("/v1/admin/metrics?days=1", headers=service_headers).json()["funnel"]
+            day = datetime.now(UTC).strftime("%Y-%m-%d")
+            return next((f for f in funnel if f["day"] == day), {})
+
+        before = today()
+        behind_a_proxy = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
+        with TestClient(behind_a_proxy) as proxied:  # guests are counted by their address
+            guest = {"X-Session-Id": f"guest-{uuid.uuid4().hex}", "X-Forwarded-For": "198.51.100.77"}
+            assert proxied.post("/v1/gate", json={"feature": "chat"}, headers=guest).status_code == 200
+        account = make_account("free")
+        client.put(f"/v1/accounts/{account}/plan", json={"plan": "pro"}, headers=service_headers)
+        client.put(f"/v1/accounts/{account}/plan", json={"plan": "starter"}, headers=service_headers)
+        after = today()
+        for field, grew in (("guest_exchanges", 1), ("new_accounts", 1), ("upgrades", 1), ("downgrades", 1)):
+            assert after[field] - before.get(field, 0) == grew, field
