@@ -9,7 +9,7 @@ CREATE TABLE creditgate.account_changes (
   account_id text NOT NULL REFERENCES creditgate.accounts (id),
   field      text NOT NULL CHECK (field IN ('plan', 'status', 'allowances')),
   old_value  text,
-  new_value  text NOT NULL,
+  new_value  text,
   reason     text,
   at         timestamptz NOT NULL DEFAULT now()
 );

@@ -60,3 +60,13 @@ def test_existing_users_get_accounts_and_a_grant_once(database, capsys):
 def test_a_grant_needs_a_reason_and_a_tag(database, capsys):
     with pytest.raises(SystemExit):
         main(["backfill", "--grant", "5"])
+
+
+def test_an_operators_mistake_is_one_line_not_a_traceback(database, monkeypatch, capsys):
+    assert main(["backfill", "--grant", "abc", "--reason", "x", "--tag", "t"]) == 2
+    assert "must be a decimal number" in capsys.readouterr().err
+    assert main(["grant", "nobody-here", "5", "--reason", "x"]) == 2
+    assert "Account not found" in capsys.readouterr().err
+    monkeypatch.delenv("DATABASE_URL")
+    assert main(["reconcile"]) == 2
+    assert "set DATABASE_URL" in capsys.readouterr().err

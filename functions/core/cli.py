@@ -255,7 +255,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "grant", None) is not None and not (args.reason and args.tag):
         parser.error("--grant needs --reason and --tag")
-    return args.run(args)
+    from functions.core.errors import ProblemError
+
+    try:
+        return args.run(args)
+    except (ProblemError, ValueError, OSError) as error:
+        # An operator's mistake (no database configured, an unknown plan, "abc" credits, a
+        # missing file): one line that says what, not a traceback.
+        detail = getattr(error, "fields", {}) or ""
+        print(
+            f"creditgate {args.command}: {error}{' ' + json.dumps(detail, default=str) if detail else ''}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -317,37 +317,45 @@ END
 $$;
 
 -- The estimate of 50_gate.sql; a reserve or commit on a token-priced feature needs tokens.
-CREATE OR REPLACE FUNCTION creditgate.estimate_cost(p_feature creditgate.features, request jsonb)
-RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+DROP FUNCTION creditgate.estimate_cost(creditgate.features, jsonb);
+-- (Also the provider cost and the price it used: a commit's usage row keeps them, as
+-- record_usage's does, so metrics and cost alerts count committed calls too.)
+CREATE FUNCTION creditgate.estimate_cost(p_feature creditgate.features, request jsonb,
+  OUT cost bigint, OUT cost_pico_usd bigint, OUT price_id bigint)
+LANGUAGE plpgsql STABLE SET search_path = '' AS $$
 DECLARE
   e jsonb := coalesce(request -> 'estimate', '{}');
   v_in bigint := coalesce((e ->> 'input_tokens')::bigint, 0);
   v_out bigint := coalesce((e ->> 'max_output_tokens')::bigint, 0);
   v_price creditgate.model_prices;
 BEGIN
+  cost := 0;
+  cost_pico_usd := 0;
   IF p_feature.kind = 'access' THEN
-    RETURN 0;
+    RETURN;
   ELSIF p_feature.pricing_mode = 'model' THEN
     IF request ->> 'model' IS NOT NULL THEN
       v_price := creditgate.find_price(request ->> 'model', request ->> 'provider');
     END IF;
     IF NOT (e ? 'input_tokens' OR e ? 'max_output_tokens') THEN
       PERFORM creditgate.need_token_estimate(request);
-      RETURN 0;
+      RETURN;
     END IF;
     IF v_price.id IS NULL THEN
       PERFORM creditgate.fail(422, 'invalid_request', jsonb_build_object('errors', jsonb_build_array(
         jsonb_build_object('loc', jsonb_build_array('body', 'model'),
                            'msg', 'a model is required to price a token estimate'))));
     END IF;
-    RETURN creditgate.usd_to_credits(creditgate.model_cost_pico_usd(v_price, v_in, v_out, 0, 0, 0));
+    cost_pico_usd := creditgate.model_cost_pico_usd(v_price, v_in, v_out, 0, 0, 0);
+    cost := creditgate.usd_to_credits(cost_pico_usd);
+    price_id := v_price.id;
   ELSIF p_feature.pricing_mode = 'tokens' THEN
     IF NOT (e ? 'input_tokens' OR e ? 'max_output_tokens') THEN
       PERFORM creditgate.need_token_estimate(request);
     END IF;
-    RETURN (v_in + v_out) * 1000000;
+    cost := (v_in + v_out) * 1000000;
   ELSE
-    RETURN coalesce((e ->> 'quantity')::bigint, 1) * p_feature.credits_per_unit;
+    cost := coalesce((e ->> 'quantity')::bigint, 1) * p_feature.credits_per_unit;
   END IF;
 END
 $$;

@@ -305,7 +305,7 @@ END
 $$;
 
 -- The gate of 96_used_this_period.sql; a check also asks the plan's request quota, as a
--- reserve or commit of the same call would.
+-- reserve or commit of the same call would; a commit's usage row keeps its provider cost.
 CREATE OR REPLACE FUNCTION public.creditgate_gate(request jsonb)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
@@ -318,6 +318,8 @@ DECLARE
   v_agent text := request ->> 'agent';
   v_idem text := request ->> 'idempotency_key';
   v_cost bigint;
+  v_pico bigint;
+  v_price_id bigint;
   v_previous jsonb;
   v_reservation jsonb;
   v_usage_id uuid;
@@ -336,7 +338,8 @@ BEGIN
   IF v_account_id IS NULL THEN
     RETURN creditgate.guest_gate(request, v_feature);
   END IF;
-  v_cost := creditgate.estimate_cost(v_feature, request);
+  SELECT e.cost, e.cost_pico_usd, e.price_id INTO v_cost, v_pico, v_price_id
+  FROM creditgate.estimate_cost(v_feature, request) e;
 
   -- A signed-in user's first call creates their account.
   IF (request ->> 'auto_create')::boolean THEN
@@ -357,11 +360,11 @@ BEGIN
   IF v_mode = 'commit' AND v_feature.kind = 'metered' THEN
     v_usage_id := gen_random_uuid();
     INSERT INTO creditgate.usage_events (id, account_id, user_id, feature_id, agent_id, provider, model,
-      input_tokens, output_tokens, quantity, key, cost, metadata)
+      price_id, input_tokens, output_tokens, quantity, key, cost, cost_pico_usd, metadata)
     VALUES (v_usage_id, v_account_id, request ->> 'user_id', v_feature.id, v_agent, request ->> 'provider',
-      request ->> 'model', coalesce((request #>> '{estimate,input_tokens}')::bigint, 0),
+      request ->> 'model', v_price_id, coalesce((request #>> '{estimate,input_tokens}')::bigint, 0),
       coalesce((request #>> '{estimate,max_output_tokens}')::bigint, 0),
-      coalesce((request #>> '{estimate,quantity}')::bigint, 0), v_feature.balance_key, v_cost,
+      coalesce((request #>> '{estimate,quantity}')::bigint, 0), v_feature.balance_key, v_cost, v_pico,
       '{"mode": "commit"}');
   END IF;
   SELECT low_balance, reservation_ttl_seconds INTO v_low, v_ttl FROM creditgate.settings;

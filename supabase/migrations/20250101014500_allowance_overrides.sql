@@ -22,12 +22,19 @@ $$;
 CREATE TRIGGER plan_changed_clears_overrides BEFORE UPDATE OF plan_id ON creditgate.accounts
   FOR EACH ROW EXECUTE FUNCTION creditgate.plan_changed_clears_overrides();
 
+-- As the API shows amounts: {"credits": "50"}, decimal strings of the key's unit.
+CREATE FUNCTION creditgate.overrides_text(p_overrides jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
+  SELECT (SELECT jsonb_object_agg(key, trim_scale(value::numeric / 1000000)::text)
+          FROM jsonb_each_text(p_overrides))::text;
+$$;
+
 CREATE FUNCTION creditgate.record_overrides_change()
 RETURNS trigger LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
   INSERT INTO creditgate.account_changes (account_id, field, old_value, new_value, reason)
-  VALUES (NEW.id, 'allowances', OLD.allowance_overrides::text, coalesce(NEW.allowance_overrides::text, 'null'),
-          nullif(current_setting('creditgate.reason', true), ''));
+  VALUES (NEW.id, 'allowances', creditgate.overrides_text(OLD.allowance_overrides),
+          creditgate.overrides_text(NEW.allowance_overrides), nullif(current_setting('creditgate.reason', true), ''));
   RETURN NULL;
 END
 $$;

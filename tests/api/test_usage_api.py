@@ -116,6 +116,27 @@ class TestPostUsagePricing:
         groq = post_usage(client, service_headers, account, model="gpt-oss-120b", provider="groq", usage=tokens)
         assert groq.json()["cost"] == expected_cost("groq/openai/gpt-oss-120b", 1000, 1000)
 
+    def test_a_commit_at_the_gate_keeps_its_provider_cost(self, client, service_headers, make_account, sql):
+        account = make_account("pro")
+        body = {
+            "account_id": account,
+            "feature": "chat",
+            "model": "gpt-4o-mini",
+            "mode": "commit",
+            "estimate": {"input_tokens": 1000, "max_output_tokens": 1000},
+            "idempotency_key": uuid.uuid4().hex,
+        }
+        committed = client.post("/v1/gate", json=body, headers=service_headers).json()
+        reported = post_usage(
+            client, service_headers, account, model="gpt-4o-mini", usage={"input_tokens": 1000, "output_tokens": 1000}
+        ).json()
+        rows = sql(
+            "SELECT cost_pico_usd, price_id IS NOT NULL FROM creditgate.usage_events WHERE id = ANY(%s::uuid[]) "
+            "ORDER BY created_at",
+            [committed["usage_id"], reported["usage_id"]],
+        )
+        assert rows[0] == rows[1] and rows[0][0] > 0  # the same call, the same provider cost, either way
+
     def test_a_dated_name_of_an_unknown_model_is_still_unknown(self, client, service_headers, make_account):
         account = make_account("pro")
         response = post_usage(

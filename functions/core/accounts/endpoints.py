@@ -20,6 +20,7 @@ from functions.core.accounts.schemas import (
     MemberAnswer,
     MemberPut,
     MemberRemoved,
+    Metrics,
     PlanPut,
 )
 from functions.core.deps import LedgerDep, ServiceDep
@@ -69,7 +70,12 @@ def put_plan(account_id: AccountPath, body: PlanPut, caller: ServiceDep, ledger:
     return present_account(ledger.change_plan({"account_id": account_id, "plan": body.plan}))
 
 
-@router.post("/v1/accounts/{account_id}/grants", response_model=GrantAnswer, status_code=201, responses=IDEMPOTENT)
+@router.post(
+    "/v1/accounts/{account_id}/grants",
+    response_model=GrantAnswer,
+    status_code=201,
+    responses={200: {"model": GrantAnswer, "description": "a replay: the first answer, replayed: true"}, **IDEMPOTENT},
+)
 def post_grant(
     account_id: AccountPath,
     body: GrantPost,
@@ -91,7 +97,12 @@ def post_grant(
     return micro_fields(answer, ("amount",))
 
 
-@router.post("/v1/accounts/{account_id}/debits", response_model=DebitAnswer, status_code=201, responses=IDEMPOTENT)
+@router.post(
+    "/v1/accounts/{account_id}/debits",
+    response_model=DebitAnswer,
+    status_code=201,
+    responses={200: {"model": DebitAnswer, "description": "a replay: the first answer, replayed: true"}, **IDEMPOTENT},
+)
 def post_debit(
     account_id: AccountPath,
     body: DebitPost,
@@ -113,7 +124,9 @@ def post_debit(
 @router.put("/v1/accounts/{account_id}/allowances", response_model=AllowancesAnswer)
 def put_allowances(account_id: AccountPath, body: AllowancesPut, caller: ServiceDep, ledger: LedgerDep) -> dict:
     """Custom limits for one customer: per key, what each period grants instead of the
-    plan's (null clears them). From the next period; a raise also tops up this one now."""
+    plan's. The body replaces the account's whole set of overrides (keys left out go back
+    to the plan's; null clears them all). From the next period; a raise also tops up this
+    one now. A plan change clears them."""
     answer = ledger.set_allowances({"account_id": account_id, "allowances": body.allowances, "reason": body.reason})
     present_account(answer)
     for field in ("allowance_overrides", "allowances"):
@@ -134,7 +147,7 @@ def history(account_id: AccountPath, caller: ServiceDep, ledger: LedgerDep) -> d
     return ledger.account_history(account_id)
 
 
-@router.get("/v1/admin/metrics")
+@router.get("/v1/admin/metrics", response_model=Metrics)
 def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict:
     answer = ledger.metrics(days)
     for day in answer["daily"]:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -50,7 +50,8 @@ class DebitAnswer(BaseModel):
 
 class AllowancesPut(Strict):
     allowances: dict[Slug, CreditsOrZero] | None = Field(
-        description="per balance key, the amount each period grants instead of the plan's; null clears them"
+        description="per balance key, the amount each period grants instead of the plan's; replaces the "
+        "whole set of overrides (null clears them)"
     )
     reason: str = Field(min_length=1, max_length=500)
 
@@ -62,15 +63,37 @@ class HoldLift(Strict):
 class AccountChange(BaseModel):
     id: int
     at: str
-    field: str = Field(description="plan or status")
+    field: str = Field(description="plan, status or allowances (the overrides, as JSON of decimal strings)")
     from_: str | None = Field(alias="from")
-    to: str
+    to: str | None = Field(description="null: allowance overrides cleared")
     reason: str | None
 
 
 class AccountHistory(BaseModel):
     account_id: str
     items: list[AccountChange]
+
+
+class Metrics(BaseModel):
+    """Operator analytics over the last `days` (amounts as decimal strings of credits,
+    cost_usd as provider USD, revenue in the currency's minor units)."""
+
+    since: str
+    daily: list[dict[str, Any]] = Field(
+        description="per day: requests, input_tokens, output_tokens, cost, cost_usd, revenue_minor"
+    )
+    funnel: list[dict[str, Any]] = Field(
+        description="per day: guest_sessions, guest_exchanges, new_accounts, upgrades, downgrades"
+    )
+    currency: str
+    revenue_minor: dict[str, int] = Field(description="packs, subscriptions (every paid invoice)")
+    accounts_by_plan: dict[str, int]
+    top_accounts: list[dict[str, Any]] = Field(description="the 20 that spent most credits: requests, cost, cost_usd")
+    accounts_over_80_percent: list[dict[str, Any]] = Field(description="account_id, key, used, allowance")
+    top_agents: list[dict[str, Any]]
+    top_features: list[dict[str, Any]]
+    top_models: list[dict[str, Any]]
+    guest_abuse: list[dict[str, Any]] = Field(description="IPs over abuse_sessions_per_ip sessions a day")
 
 
 class MemberAnswer(BaseModel):

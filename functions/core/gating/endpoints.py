@@ -12,7 +12,7 @@ from functions.core.deps import AccountHeader, CallerDep, LedgerDep, ServiceDep,
 from functions.core.errors import InvalidRequest, ProblemError
 from functions.core.gating.schemas import Entitlements, GateAllowed, GateDenied, GateRequest, ReleaseAnswer
 from functions.core.money import format_micro
-from functions.core.openapi import IDEMPOTENT, SIGNED_IN
+from functions.core.openapi import IDEMPOTENT, SIGNED_IN, problem
 from functions.core.present import micro_fields
 from functions.core.schemas import AccountId
 
@@ -134,7 +134,11 @@ def entitlements(
     return answer
 
 
-@router.post("/v1/reservations/{reservation_id}/release", response_model=ReleaseAnswer)
+@router.post(
+    "/v1/reservations/{reservation_id}/release",
+    response_model=ReleaseAnswer,
+    responses={409: problem("reservation_settled: usage already settled it")},
+)
 def release(reservation_id: UUID, caller: ServiceDep, ledger: LedgerDep) -> dict:
     answer = ledger.release_reservation({"reservation_id": str(reservation_id)})
     return micro_fields(answer, ("released",))
