@@ -88,7 +88,9 @@ def ensure_user_account(caller: Caller, ledger: Ledger) -> None:
     _known_users.add(caller.user_id)
 
 
-def resolve_account(caller: Caller, ledger: Ledger, account_id: str | None, header_account: str | None = None) -> str:
+def resolve_account(
+    caller: Caller, ledger: Ledger, account_id: str | None, header_account: str | None = None, where: str = "body"
+) -> str:
     """The account a call acts for. The backend names any account; a user acts for their
     own, or for an org account they are a member of (X-Account-Id)."""
     if caller.kind == "service":
@@ -96,7 +98,7 @@ def resolve_account(caller: Caller, ledger: Ledger, account_id: str | None, head
         if not target:
             raise InvalidRequest(
                 "account_id is required with a service key",
-                errors=[{"loc": ["body", "account_id"], "msg": "Field required", "type": "missing"}],
+                errors=[{"loc": [where, "account_id"], "msg": "Field required", "type": "missing"}],
             )
         return target
     if caller.kind == "user":

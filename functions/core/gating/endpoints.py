@@ -126,7 +126,7 @@ def entitlements(
     account_id: Annotated[AccountId | None, Query()] = None,
     x_account_id: AccountHeader = None,
 ) -> dict:
-    target = None if caller.kind == "guest" else resolve_account(caller, ledger, account_id, x_account_id)
+    target = None if caller.kind == "guest" else resolve_account(caller, ledger, account_id, x_account_id, "query")
     answer = ledger.entitlements(target)
     for item in answer["features"].values():
         if isinstance(item.get("available"), int):

@@ -24,7 +24,7 @@ AccountQuery = Annotated[AccountId | None, Query(description="required with a se
 def balance(
     caller: SignedInDep, ledger: LedgerDep, account_id: AccountQuery = None, x_account_id: AccountHeader = None
 ) -> dict:
-    answer = ledger.balance(resolve_account(caller, ledger, account_id, x_account_id))
+    answer = ledger.balance(resolve_account(caller, ledger, account_id, x_account_id, "query"))
     answer["balances"] = [micro_fields(line) for line in answer["balances"]]
     return answer
 
@@ -40,7 +40,7 @@ def transactions(
     key: Annotated[str | None, Query(max_length=64)] = None,
     x_account_id: AccountHeader = None,
 ) -> dict:
-    target = resolve_account(caller, ledger, account_id, x_account_id)
+    target = resolve_account(caller, ledger, account_id, x_account_id, "query")
     answer = ledger.transactions({"account_id": target, "limit": limit, "cursor": cursor or None, "key": key})
     answer["items"] = [micro_fields(item, ("amount", "balance_after")) for item in answer["items"]]
     return answer
@@ -56,7 +56,7 @@ def usage_summary(
     group_by: Literal["day", "model", "feature", "agent", "user"] = "day",
     x_account_id: AccountHeader = None,
 ) -> dict:
-    target = resolve_account(caller, ledger, account_id, x_account_id)
+    target = resolve_account(caller, ledger, account_id, x_account_id, "query")
     answer = ledger.usage_summary(
         {
             "account_id": target,
@@ -76,7 +76,7 @@ def usage_summary(
 def orders(
     caller: SignedInDep, ledger: LedgerDep, account_id: AccountQuery = None, x_account_id: AccountHeader = None
 ) -> dict:
-    answer = ledger.orders(resolve_account(caller, ledger, account_id, x_account_id))
+    answer = ledger.orders(resolve_account(caller, ledger, account_id, x_account_id, "query"))
     for order in answer["items"]:
         order["amount"] = minor_to_major(order.pop("amount_minor"), order["currency"])
         order["refunded"] = minor_to_major(order.pop("refunded_minor"), order["currency"])
