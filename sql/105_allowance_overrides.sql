@@ -300,9 +300,10 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
     'accounts_by_plan', (SELECT coalesce(jsonb_object_agg(plan_id, n), '{}')
        FROM (SELECT plan_id, count(*) n FROM creditgate.accounts GROUP BY 1) p),
     'top_accounts', (SELECT coalesce(jsonb_agg(jsonb_build_object('account_id', account_id, 'requests', n, 'cost', c,
-         'cost_pico_usd', p) ORDER BY c DESC, n DESC), '[]')
+         'cost_pico_usd', p, 'other_keys', creditgate.other_keys(k)) ORDER BY c DESC, n DESC), '[]')
        FROM (SELECT account_id, count(*) n, coalesce(sum(cost) FILTER (WHERE key = 'credits'), 0) c,
-                    sum(cost_pico_usd) p
+                    sum(cost_pico_usd) p,
+                    array_agg(ROW(key, cost)::creditgate.key_amount) FILTER (WHERE key <> 'credits') k
              FROM usage GROUP BY 1 ORDER BY 3 DESC, 2 DESC LIMIT 20) t),
     'accounts_over_80_percent', (SELECT coalesce(jsonb_agg(jsonb_build_object('account_id', a.id, 'key', e.key,
          'used', used, 'allowance', (e.value)::bigint)), '[]')
@@ -314,9 +315,11 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
     'top_agents', (SELECT coalesce(jsonb_agg(jsonb_build_object('agent', agent_id, 'requests', n, 'cost', c)
          ORDER BY n DESC), '[]') FROM (SELECT agent_id, count(*) n, coalesce(sum(cost) FILTER (WHERE key = 'credits'), 0) c FROM usage
          WHERE agent_id IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 10) t),
-    'top_features', (SELECT coalesce(jsonb_agg(jsonb_build_object('feature', feature_id, 'requests', n, 'cost', c)
-         ORDER BY n DESC), '[]') FROM (SELECT feature_id, count(*) n, coalesce(sum(cost) FILTER (WHERE key = 'credits'), 0) c FROM usage
-         GROUP BY 1 ORDER BY 2 DESC LIMIT 10) t),
+    'top_features', (SELECT coalesce(jsonb_agg(jsonb_build_object('feature', feature_id, 'requests', n, 'cost', c,
+         'other_keys', creditgate.other_keys(k)) ORDER BY n DESC), '[]')
+       FROM (SELECT feature_id, count(*) n, coalesce(sum(cost) FILTER (WHERE key = 'credits'), 0) c,
+                    array_agg(ROW(key, cost)::creditgate.key_amount) FILTER (WHERE key <> 'credits') k
+             FROM usage GROUP BY 1 ORDER BY 2 DESC LIMIT 10) t),
     'top_models', (SELECT coalesce(jsonb_agg(jsonb_build_object('model', model, 'requests', n, 'cost_pico_usd', p)
          ORDER BY n DESC), '[]') FROM (SELECT model, count(*) n, sum(cost_pico_usd) p FROM usage
          WHERE model IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 10) t),

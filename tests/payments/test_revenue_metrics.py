@@ -57,4 +57,19 @@ def test_accounts_by_plan_and_top_accounts(client, service_headers, make_account
     body = client.get("/v1/admin/metrics?days=1", headers=service_headers).json()
     assert body["accounts_by_plan"]["pro"] >= 1 and body["currency"]
     top = body["top_accounts"][0]
-    assert top["account_id"] == account and top["cost"] == "500000"
+    assert top["account_id"] == account and top["cost"] == "500000" and top["other_keys"] == {}
+    client.post(
+        "/v1/usage",
+        headers=service_headers,
+        json={
+            "account_id": account,
+            "feature": "chat_tokens",
+            "model": "gpt-4o-mini",
+            "usage": {"input_tokens": 700, "output_tokens": 300},
+            "idempotency_key": new_key(),
+        },
+    )
+    body = client.get("/v1/admin/metrics?days=1", headers=service_headers).json()
+    top = next(t for t in body["top_accounts"] if t["account_id"] == account)
+    assert top["other_keys"] == {"tokens": "1000"}
+    assert all("other_keys" in f for f in body["top_features"])

@@ -161,4 +161,6 @@ def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge
         row["cost"] = micro_fields(row, ("cost",))["cost"]
     for row in answer["top_accounts"]:
         row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
+    for row in answer["top_accounts"] + answer["top_features"]:
+        row["other_keys"] = {key: format_micro(amount) for key, amount in row["other_keys"].items()}
     return answer
