@@ -21,12 +21,6 @@
 -- charging again; it now serves one. Usage of a feature priced by tokens needs token
 -- counts, and a reserve or commit on one needs a token estimate: both were charged 0.
 
--- A call counts one request of a plan's quota when its usage is recorded, not when its hold
--- is made: a hold released (the model call failed) or left to expire costs no request. The
--- gate still refuses a reserve when the quota is used up. Holds made before this counted at
--- the gate (true); new ones do not (false), and their settle counts.
-ALTER TABLE creditgate.reservations ADD COLUMN request_counted boolean NOT NULL DEFAULT true;
-
 -- Expire lines are few (at most one or two per grant) and looked up by grant.
 CREATE INDEX ledger_entries_expired ON creditgate.ledger_entries (grant_id) WHERE kind = 'expire';
 -- "Is a grant of this account due?" on every call: by account, not across all accounts.
@@ -491,10 +485,10 @@ BEGIN
   IF v_debt > 0 THEN
     UPDATE creditgate.usage_events SET debt_added = v_debt WHERE id = v_usage_id;
   END IF;
-  IF v_res.id IS NULL OR NOT v_res.request_counted THEN
-    -- The call's request (a hold made before request_counted existed was counted at the
-    -- gate). As count_request, usage that happened: past the quota it is debt on that key,
-    -- and the answer says so.
+  IF v_res.id IS NULL THEN
+    -- A call that went through a reservation was counted at the gate.
+    -- (count_request, as usage that happened: past the quota it is debt on that key, and
+    -- the answer says so.)
     IF v_feature.requests_key IS NOT NULL AND v_plan.allowances ? v_feature.requests_key THEN
       v_quota_debt := creditgate.consume(v_account_id, v_feature.requests_key, 1000000, v_usage_id);
     END IF;

@@ -408,18 +408,12 @@ BEGIN
     ELSE
       v_balance := creditgate.charge(v_account_id, v_feature.balance_key, v_cost, v_usage_id, v_mode = 'reserve');
       IF v_mode = 'reserve' THEN
-        INSERT INTO creditgate.reservations (account_id, key, amount, feature_id, model, expires_at, request_counted)
+        INSERT INTO creditgate.reservations (account_id, key, amount, feature_id, model, expires_at)
         VALUES (v_account_id, v_feature.balance_key, v_cost, v_feature.id, request ->> 'model',
-                now() + make_interval(secs => coalesce((request ->> 'ttl_seconds')::integer, v_ttl)), false)
+                now() + make_interval(secs => coalesce((request ->> 'ttl_seconds')::integer, v_ttl)))
         RETURNING jsonb_build_object('id', id, 'amount', amount, 'expires_at', expires_at) INTO v_reservation;
-        -- The request is counted when the usage is recorded (a released hold costs none);
-        -- a reserve past the quota is refused now all the same.
-        IF v_feature.requests_key IS NOT NULL AND v_plan.allowances ? v_feature.requests_key THEN
-          PERFORM creditgate.check_short(v_account_id, v_feature.requests_key, 1000000);
-        END IF;
-      ELSE
-        PERFORM creditgate.count_request(v_account, v_plan, v_feature.requests_key, v_usage_id, true);
       END IF;
+      PERFORM creditgate.count_request(v_account, v_plan, v_feature.requests_key, v_usage_id, true);
     END IF;
   END IF;
 
