@@ -32,6 +32,11 @@ def micro_fields(data: dict[str, Any], names: tuple[str, ...] = MICRO_FIELDS) ->
     return out
 
 
+def micro_map(amounts: dict[str, int]) -> dict[str, str]:
+    """Amounts by balance key, as the API shows them (decimal strings)."""
+    return {key: format_micro(amount) for key, amount in amounts.items()}
+
+
 def pack(p: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": p["id"],

@@ -15,21 +15,26 @@ GUEST_PREFIX = "guest:"
 OPERATOR = "operator"
 
 
+def reserved_id(value: str) -> str | None:
+    """Why an id that looks like an account id cannot be one, or None."""
+    if value.startswith(GUEST_PREFIX):
+        return f"account ids must not start with {GUEST_PREFIX!r} (reserved for guest sessions)"
+    if value == OPERATOR:
+        return f"{OPERATOR!r} is reserved (the operator's alerts)"
+    return None
+
+
 def is_account_id(value: str) -> bool:
-    return bool(ACCOUNT_ID.fullmatch(value)) and not value.startswith(GUEST_PREFIX) and value != OPERATOR
+    return bool(ACCOUNT_ID.fullmatch(value)) and reserved_id(value) is None
 
 
 def _account_id(value: str) -> str:
-    if value.startswith(GUEST_PREFIX):
-        raise ValueError(f"account ids must not start with {GUEST_PREFIX!r} (reserved for guest sessions)")
-    if value == OPERATOR:
-        raise ValueError(f"{OPERATOR!r} is reserved (the operator's alerts)")
+    if (why := reserved_id(value)) is not None:
+        raise ValueError(why)
     return value
 
 
-AccountId = Annotated[
-    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@|-]+$"), AfterValidator(_account_id)
-]
+AccountId = Annotated[str, Field(pattern=f"^{ACCOUNT_ID.pattern}$"), AfterValidator(_account_id)]
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")]
 ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./:@+-]+$")]
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
@@ -71,7 +76,7 @@ class Strict(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
+    def _plain_json(cls, data: Any) -> Any:
         check_json(data)
         return data
 

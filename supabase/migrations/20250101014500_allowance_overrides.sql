@@ -50,6 +50,14 @@ RETURNS jsonb LANGUAGE sql STABLE SET search_path = '' AS $$
   FROM creditgate.plans p WHERE p.id = p_account.plan_id;
 $$;
 
+-- The key of a period's allowance grant of one balance key: the plan and the period in it,
+-- so granting it twice is impossible (20_ledger.sql wrote it out).
+CREATE FUNCTION creditgate.allowance_ref(p_account creditgate.accounts, p_key text)
+RETURNS text LANGUAGE sql STABLE SET search_path = '' AS $$
+  SELECT 'allowance:' || p_account.plan_id || ':'
+         || to_char(p_account.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || ':' || p_key;
+$$;
+
 -- The period grant of 20_ledger.sql, of the account's allowances (above).
 CREATE OR REPLACE FUNCTION creditgate.grant_allowances(p_account creditgate.accounts)
 RETURNS integer LANGUAGE plpgsql SET search_path = '' AS $$
@@ -65,7 +73,7 @@ BEGIN
   LOOP
     v_result := creditgate.add_grant(
       p_account.id, a.key, 'allowance', a.amount,
-      'allowance:' || p_account.plan_id || ':' || to_char(p_account.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || ':' || a.key,
+      creditgate.allowance_ref(p_account, a.key),
       p_account.period_end, NULL, p_account.plan_id, p_account.period_start);
     IF NOT (v_result ->> 'duplicate')::boolean THEN
       v_count := v_count + 1;
@@ -225,8 +233,7 @@ BEGIN
       -- The period's own key when it has no grant yet (a key only the overrides grant), so
       -- grant_allowances finds it granted; a top-up of it otherwise.
       PERFORM creditgate.add_grant(v_account.id, a.key, 'allowance', a.amount - v_granted,
-        coalesce(v_ref || ':more:' || (v_n + 1), 'allowance:' || v_account.plan_id || ':' ||
-          to_char(v_account.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || ':' || a.key),
+        coalesce(v_ref || ':more:' || (v_n + 1), creditgate.allowance_ref(v_account, a.key)),
         v_account.period_end, NULL, v_account.plan_id, v_account.period_start);
     END IF;
   END LOOP;

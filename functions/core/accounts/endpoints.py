@@ -24,9 +24,8 @@ from functions.core.accounts.schemas import (
     PlanPut,
 )
 from functions.core.deps import LedgerDep, ServiceDep
-from functions.core.money import format_micro
 from functions.core.openapi import IDEMPOTENT, SIGNED_IN
-from functions.core.present import cost_usd, micro_fields
+from functions.core.present import cost_usd, micro_fields, micro_map
 from functions.core.schemas import AccountId, IdempotencyKey
 
 router = APIRouter(tags=["admin"], responses=SIGNED_IN)
@@ -131,7 +130,7 @@ def put_allowances(account_id: AccountPath, body: AllowancesPut, caller: Service
     present_account(answer)
     for field in ("allowance_overrides", "allowances"):
         if answer[field] is not None:
-            answer[field] = {key: format_micro(amount) for key, amount in answer[field].items()}
+            answer[field] = micro_map(answer[field])
     return answer
 
 
@@ -162,5 +161,5 @@ def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge
     for row in answer["top_accounts"]:
         row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
     for row in answer["top_accounts"] + answer["top_features"]:
-        row["other_keys"] = {key: format_micro(amount) for key, amount in row["other_keys"].items()}
+        row["other_keys"] = micro_map(row["other_keys"])
     return answer

@@ -58,7 +58,7 @@ class BatchRequest(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:  # each event checks its own text
+    def _plain_json(cls, data: Any) -> Any:  # each event is checked on its own
         return data
 
 

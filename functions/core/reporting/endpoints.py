@@ -12,7 +12,7 @@ from functions.core.deps import AccountHeader, LedgerDep, SignedInDep, resolve_a
 from functions.core.errors import ProblemError
 from functions.core.money import PRICE_FIELDS, format_micro, minor_to_major
 from functions.core.openapi import SIGNED_IN, problem
-from functions.core.present import cost_usd, micro_fields, pack
+from functions.core.present import cost_usd, micro_fields, micro_map, pack
 from functions.core.reporting.schemas import BalanceAnswer, Catalog, Health, Orders, Prices, Transactions, UsageSummary
 from functions.core.schemas import AccountId
 
@@ -68,7 +68,7 @@ def usage_summary(
     for row in [*answer["items"], answer["totals"]]:
         row["cost"] = format_micro(row["cost"])
         row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
-        row["other_keys"] = {key: format_micro(amount) for key, amount in row.get("other_keys", {}).items()}
+        row["other_keys"] = micro_map(row.get("other_keys", {}))
     return answer
 
 
@@ -91,7 +91,7 @@ def catalog(ledger: LedgerDep) -> dict:
         {
             **p,
             "price": minor_to_major(p["price_minor"], p["currency"]),
-            "allowances": {k: format_micro(v) for k, v in p["allowances"].items()},
+            "allowances": micro_map(p["allowances"]),
         }
         for p in raw["plans"]
     ]
