@@ -92,6 +92,17 @@ class Model:
         self.debt += -pay_debt + (amount - paid)
         self.burn(pay_debt + paid, made)
 
+    def release(self, freed: int) -> None:
+        """A hold ends unpaid (the hold is already gone from `holds`): what it kept of
+        expired grants expires; only the rest pays debt, from grants not expired."""
+        self.reserved -= freed
+        self.available += freed
+        self.expire()
+        pay = min(self.debt, self.available)
+        self.debt -= pay
+        self.available -= pay
+        self.burn(pay, None)
+
 
 def run(ledger, sql, account: str, model: Model, op: str, n: int) -> None:
     key = uuid.uuid4().hex
@@ -143,7 +154,7 @@ def run(ledger, sql, account: str, model: Model, op: str, n: int) -> None:
     elif op == "release" and model.holds:
         hold = model.holds.pop(n % len(model.holds))
         ledger.release_reservation({"reservation_id": hold.id})
-        model.consume(0, hold.amount, None)
+        model.release(hold.amount)
     elif op == "usage":
         ledger.record_usage({"account_id": account, "feature": "vm_minute", "quantity": n, "idempotency_key": key})
         model.consume(n * MICRO, 0, None)
@@ -201,6 +212,8 @@ def check(ledger, sql, account: str, model: Model, where: str) -> None:
 @example(ops=[("promo", 10), ("reserve", 10), ("expire", 0), ("commit", 10), ("release", 0)])
 @example(ops=[("promo", 10), ("reserve", 10), ("expire", 0), ("usage", 5), ("settle", 10)])
 @example(ops=[("promo", 10), ("reserve", 10), ("expire", 0), ("reserve", 5), ("settle", 5), ("release", 0)])
+# In debt when a hold of an expired grant is released: that part expires, it pays no debt.
+@example(ops=[("promo", 1), ("reserve", 1), ("expire", 0), ("commit", 11), ("usage", 40)])
 def test_every_grant_holds_what_the_rules_say(ledger, sql, make_account, welcome, ops):
     account = make_account("test_open")  # no allowance: the welcome credit, then what the ops grant
     (welcome_id,) = sql("SELECT id FROM creditgate.grants WHERE account_id = %s", account)[0]
@@ -215,7 +228,7 @@ def test_every_grant_holds_what_the_rules_say(ledger, sql, make_account, welcome
         model.step += 1
         ledger.release_reservation({"reservation_id": hold.id})
         model.holds.remove(hold)
-        model.consume(0, hold.amount, None)
+        model.release(hold.amount)
         check(ledger, sql, account, model, f"release {hold.id}")
     assert all(g.remaining == 0 for g in model.grants if g.expires < NEVER)
 
