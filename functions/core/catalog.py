@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
@@ -34,6 +34,8 @@ class SettingsSection(_Item):
     periods: Literal["signup", "calendar"] = "signup"
     # Tell the operator when a day's provider cost reaches this (USD); "0": never.
     alert_daily_cost_usd: Amount = "0"
+    # Percent of a period's allowance used at which a notice is recorded (once each).
+    allowance_notices: list[Annotated[StrictInt, Field(gt=0, le=100)]] = [75, 90, 100]
 
 
 class PlanItem(_Item):
@@ -169,6 +171,7 @@ def to_document(catalog: CatalogFile) -> dict[str, Any]:
             "abuse_sessions_per_ip": s.abuse_sessions_per_ip,
             "periods": s.periods,
             "alert_daily_cost_pico_usd": usd_to_pico(s.alert_daily_cost_usd),
+            "allowance_notices": sorted(set(s.allowance_notices)),
         },
         "plans": [
             {
@@ -241,5 +244,5 @@ def apply_catalog(ledger, path: Path = DEFAULT_CATALOG) -> dict[str, Any]:
     document = to_document(load_catalog(path))
     answer = ledger.apply_catalog(document)
     # Idempotent like the rest; its own call, so the catalog RPC need not change.
-    settings = {k: document["settings"][k] for k in ("periods", "alert_daily_cost_pico_usd")}
+    settings = {k: document["settings"][k] for k in ("periods", "alert_daily_cost_pico_usd", "allowance_notices")}
     return answer | ledger.rpc("creditgate_apply_settings", settings)
