@@ -116,6 +116,12 @@ def retrieve_charge(settings: Settings, charge_id: str) -> dict[str, Any]:
         return stripe_client(settings).v1.charges.retrieve(charge_id).to_dict(for_json=True)
 
 
+def invoice_payments(settings: Settings, payment_intent: str) -> dict[str, Any]:
+    params = {"payment": {"type": "payment_intent", "payment_intent": payment_intent}, "limit": 1}
+    with provider_call("list the payment's invoice payments"):
+        return stripe_client(settings).v1.invoice_payments.list(params=params).to_dict(for_json=True)
+
+
 def retrieve_subscription(settings: Settings, subscription_id: str) -> dict[str, Any]:
     with provider_call("retrieve the subscription"):
         return stripe_client(settings).v1.subscriptions.retrieve(subscription_id).to_dict(for_json=True)

@@ -59,7 +59,8 @@ def expand(event: dict[str, Any], settings: Settings) -> None:
     """What the event leaves out and its handling needs, fetched from Stripe: the line
     items of a session without our metadata (a Payment Link), the subscription a
     checkout started (so that event alone puts the account on its plan), the charge of
-    a dispute."""
+    a dispute, and the invoice a refunded charge paid when the API version no longer names
+    it on the charge (from 2025-03-31; a charge of ours for a pack carries its order id)."""
     if not settings.stripe_secret_key:
         return
     obj = event["data"]["object"]
@@ -70,6 +71,13 @@ def expand(event: dict[str, Any], settings: Settings) -> None:
         event["expanded"] = {"subscription": provider.retrieve_subscription(settings, obj["subscription"])}
     elif event["type"] in DISPUTES and isinstance(obj.get("charge"), str):
         event["expanded"] = {"charge": provider.retrieve_charge(settings, obj["charge"])}
+    elif (
+        event["type"] == "charge.refunded"
+        and "invoice" not in obj
+        and not metadata.get("order_id")
+        and isinstance(obj.get("payment_intent"), str)
+    ):
+        event["expanded"] = {"invoice_payments": provider.invoice_payments(settings, obj["payment_intent"])}
 
 
 def handle_webhook(

@@ -1,0 +1,229 @@
+"""Refunds of subscription invoices: the refunded share of the allowances the invoice's
+period granted is taken back (per balance key, cumulative, exactly once), spent allowance
+becomes debt, an ended period gives nothing back, and revenue is counted net."""
+
+from __future__ import annotations
+
+import copy
+
+from tests.fakes.stripe_server import FakeStripe
+from tests.payments.conftest import (
+    MICRO,
+    assert_reconciled,
+    checkout,
+    credits,
+    deliver,
+    deliver_all,
+    new_key,
+    plan_price_id,
+)
+
+PRO_PRICE = 3900  # minor units, as the fake's pro price
+PRO = {"credits": 1_500 * MICRO, "requests": 2_000 * MICRO, "tokens": 200_000 * MICRO}
+
+
+def subscribe(client, fake, headers, account, plan="pro"):
+    session_id = checkout(client, headers, account, key=new_key(), plan=plan).json()["session_id"]
+    events = fake.complete_checkout(session_id)
+    return events[0]["data"]["object"]["subscription"], events
+
+
+def paid_invoice(events) -> dict:
+    return next(e for e in events if e["type"] == "invoice.paid")["data"]["object"]
+
+
+def balance(ledger, account, key="credits") -> tuple[int, int]:
+    line = next(b for b in ledger.balance(account)["balances"] if b["key"] == key)
+    return line["available"], line["debt"]
+
+
+def refund_row(sql, charge):
+    rows = sql("SELECT refunded_minor, clawed_back FROM creditgate.invoice_refunds WHERE charge_id = %s", charge)
+    return rows[0] if rows else None
+
+
+def outcome(sql, event):
+    return sql("SELECT handled, outcome FROM creditgate.stripe_events WHERE id = %s", event["id"])[0]
+
+
+def spend(ledger, account, amount_micro):
+    """ai_message costs 0.2 credits per unit."""
+    body = {"idempotency_key": new_key(), "account_id": account, "feature": "ai_message"}
+    ledger.record_usage(body | {"quantity": amount_micro // 200_000})
+
+
+def test_partial_then_full_refund_takes_back_the_refunded_share_once(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome
+):
+    account = make_account()
+    _, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    charge = paid_invoice(events)["charge"]
+    assert credits(ledger, account) == (welcome + PRO["credits"], 0)
+
+    third = fake.refund(charge, amount=PRO_PRICE // 3)  # $13.00 of $39.00
+    deliver_all(stripe_http, fake, third)
+    taken = {key: amount // 3 for key, amount in PRO.items()}
+    assert credits(ledger, account) == (welcome + PRO["credits"] - taken["credits"], 0)
+    assert balance(ledger, account, "requests") == (PRO["requests"] - taken["requests"], 0)
+    assert balance(ledger, account, "tokens") == (PRO["tokens"] - taken["tokens"], 0)
+    refunded, clawed = refund_row(sql, charge)
+    assert refunded == 1300 and {k: clawed[k] for k in PRO} == taken
+    assert outcome(sql, third[0]) == (True, "clawed_back")
+    assert_reconciled(ledger, account)
+
+    # The same event again, and another event with the same cumulative amount: nothing more.
+    assert deliver(stripe_http, fake, third[0]).json()["duplicate"] is True
+    twin = copy.deepcopy(third[0])
+    twin["id"] = "evt_twin_" + new_key()
+    deliver_all(stripe_http, fake, [twin])
+    assert outcome(sql, twin) == (True, "already_clawed_back")
+    assert credits(ledger, account) == (welcome + PRO["credits"] - taken["credits"], 0)
+    assert refund_row(sql, charge)[1] == clawed
+    assert_reconciled(ledger, account)
+
+    # The rest: the whole allowance is gone, the welcome credit stays.
+    deliver_all(stripe_http, fake, fake.refund(charge))
+    assert credits(ledger, account) == (welcome, 0)
+    assert balance(ledger, account, "requests") == (0, 0)
+    assert balance(ledger, account, "tokens") == (0, 0)
+    refunded, clawed = refund_row(sql, charge)
+    assert refunded == PRO_PRICE and {k: clawed[k] for k in PRO} == PRO
+    lines = sql(
+        "SELECT amount, source FROM creditgate.ledger_entries "
+        "WHERE account_id = %s AND key = 'credits' AND kind = 'clawback' AND external_ref = %s ORDER BY id",
+        account,
+        charge,
+    )
+    assert lines == [(-taken["credits"], "allowance"), (-(PRO["credits"] - taken["credits"]), "allowance")]
+    assert_reconciled(ledger, account)
+
+
+def test_a_refund_after_the_allowance_was_partly_spent_leaves_debt(
+    stripe_http, fake, make_account, service_headers, ledger, welcome
+):
+    account = make_account()
+    _, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    charge = paid_invoice(events)["charge"]
+    spend(ledger, account, 1_200 * MICRO)  # from the allowance first: 300 of it left
+    assert credits(ledger, account) == (welcome + 300 * MICRO, 0)
+
+    # Half: 750 due, 300 from the allowance, the welcome credit, the rest debt.
+    deliver_all(stripe_http, fake, fake.refund(charge, amount=PRO_PRICE // 2))
+    assert credits(ledger, account) == (0, 750 * MICRO - 300 * MICRO - welcome)
+    assert_reconciled(ledger, account)
+    deliver_all(stripe_http, fake, fake.refund(charge))
+    assert credits(ledger, account) == (0, 1_200 * MICRO - welcome)
+    assert_reconciled(ledger, account)
+    gate = stripe_http.post(
+        "/v1/gate", headers=service_headers, json={"account_id": account, "feature": "ai_message", "mode": "check"}
+    )
+    assert gate.status_code == 402 and gate.json()["code"] == "debt_outstanding"
+
+
+def test_a_refund_after_the_period_rolled_takes_nothing_and_is_recorded(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome
+):
+    account = make_account()
+    sub_id, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    first = paid_invoice(events)
+    # All of the first period's credits spent: its grant is empty, not expired, when the
+    # renewal opens the next period.
+    spend(ledger, account, PRO["credits"])
+    renewal = fake.renew_subscription(sub_id)
+    deliver_all(stripe_http, fake, renewal)
+    assert credits(ledger, account) == (welcome + PRO["credits"], 0)
+
+    refund = fake.refund(first["charge"])
+    answer = deliver_all(stripe_http, fake, refund)
+    assert answer == [{"received": True, "duplicate": False, "handled": True}]
+    assert outcome(sql, refund[0]) == (True, "allowance_ended")
+    # The running period's allowance is the renewal's, not the refunded invoice's.
+    assert credits(ledger, account) == (welcome + PRO["credits"], 0)
+    assert balance(ledger, account, "requests") == (PRO["requests"], 0)
+    assert refund_row(sql, first["charge"]) == (PRO_PRICE, {})
+    assert_reconciled(ledger, account)
+
+    # The renewal's own refund takes from the period it opened.
+    deliver_all(stripe_http, fake, fake.refund(paid_invoice(renewal)["charge"], amount=PRO_PRICE // 3))
+    assert credits(ledger, account) == (welcome + PRO["credits"] - PRO["credits"] // 3, 0)
+    assert_reconciled(ledger, account)
+
+
+def test_a_refund_delivered_before_its_invoice_paid_is_taken_back_when_it_arrives(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome
+):
+    account = make_account()
+    _, events = subscribe(stripe_http, fake, service_headers, account)
+    completed, created, paid = events
+    deliver_all(stripe_http, fake, [completed])  # the allowance, from the fetched subscription
+    refund = fake.refund(paid["data"]["object"]["charge"], amount=PRO_PRICE // 2)
+    deliver_all(stripe_http, fake, refund)
+    assert outcome(sql, refund[0]) == (True, "refund_recorded")
+
+    deliver_all(stripe_http, fake, [created, paid])
+    assert credits(ledger, account) == (welcome + PRO["credits"] // 2, 0)
+    assert_reconciled(ledger, account)
+
+
+def revenue(client, headers) -> dict[str, int]:
+    return client.get("/v1/admin/metrics?days=90", headers=headers).json()["revenue_minor"]
+
+
+def test_revenue_is_net_of_pack_and_subscription_refunds(stripe_http, fake, make_account, service_headers, ledger):
+    before = revenue(stripe_http, service_headers)
+    buyer = make_account()
+    pack = checkout(stripe_http, service_headers, buyer, key=new_key(), pack="pro").json()
+    events = fake.complete_checkout(pack["session_id"])
+    deliver_all(stripe_http, fake, events)
+    pack_charge = fake.get(events[0]["data"]["object"]["payment_intent"])["latest_charge"]
+    deliver_all(stripe_http, fake, fake.refund(pack_charge, amount=4950))
+
+    subscriber = make_account()
+    _, events = subscribe(stripe_http, fake, service_headers, subscriber)
+    deliver_all(stripe_http, fake, events)
+    sub_charge = paid_invoice(events)["charge"]
+    deliver_all(stripe_http, fake, fake.refund(sub_charge, amount=1300))
+
+    after = revenue(stripe_http, service_headers)
+    assert after["packs"] - before["packs"] == 9900 - 4950
+    assert after["subscriptions"] - before["subscriptions"] == PRO_PRICE - 1300
+    assert_reconciled(ledger, buyer)
+    assert_reconciled(ledger, subscriber)
+
+    deliver_all(stripe_http, fake, fake.refund(pack_charge) + fake.refund(sub_charge))
+    after = revenue(stripe_http, service_headers)
+    assert (after["packs"], after["subscriptions"]) == (before["packs"], before["subscriptions"])
+    assert_reconciled(ledger, buyer)
+    assert_reconciled(ledger, subscriber)
+
+
+def test_current_api_shapes_find_the_invoice_through_its_payment(
+    settings, ledger, catalog_prices, make_account, service_headers, sql, welcome
+):
+    """API 2025-03-31+: a charge no longer names its invoice; the webhook asks Stripe for
+    the invoice payment of the charge's PaymentIntent."""
+    from fastapi.testclient import TestClient
+
+    from functions.local import build_app
+
+    with FakeStripe(legacy_fields=False) as fake:
+        fake.create_price(PRO_PRICE, "usd", recurring="month", id=plan_price_id("pro"))
+        current = settings.model_copy(
+            update={"stripe_secret_key": fake.api_key, "stripe_api_base": fake.url, "payments": "stripe"}
+        )
+        with TestClient(build_app(settings=current, ledger=ledger), raise_server_exceptions=False) as client:
+            account = make_account()
+            _, events = subscribe(client, fake, service_headers, account)
+            deliver_all(client, fake, events)
+            invoice = paid_invoice(events)
+            payment = fake.client().v1.invoice_payments.list(params={"invoice": invoice["id"]}).data[0]
+            charge = fake.get(payment.payment.payment_intent)["latest_charge"]
+            refund = fake.refund(charge)
+            assert "invoice" not in refund[0]["data"]["object"]
+            deliver_all(client, fake, refund)
+            assert credits(ledger, account) == (welcome, 0)
+            assert refund_row(sql, charge)[0] == PRO_PRICE
+            assert_reconciled(ledger, account)
