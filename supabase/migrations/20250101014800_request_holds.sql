@@ -14,9 +14,10 @@
 -- the balance's `reserved`, reconcile and hold-aware expiry need nothing new; only the
 -- call's hold can be named by the API.
 --
--- Ending a hold unpaid while the balance is in debt paid the debt with all it freed, even
--- the part of a grant past its expiry (a promo that ended while the hold was open), which
--- only the hold's own settle may spend: that part now expires (close_reservation).
+-- Ending a hold while the balance is in debt (released, expired, or settled for less than
+-- it held) paid the debt with all it freed, even the part of a grant past its expiry (a
+-- promo that ended while the hold was open), which only the hold's own call may spend:
+-- that part now expires (free_hold). A settle's `overdraft` is whether the debt grew.
 
 ALTER TABLE creditgate.reservations ADD COLUMN parent_id uuid REFERENCES creditgate.reservations (id);
 CREATE INDEX reservations_parent ON creditgate.reservations (parent_id) WHERE parent_id IS NOT NULL;
@@ -50,8 +51,10 @@ BEGIN
     RETURN 0;
   END IF;
   IF v_request.status = 'active' THEN
-    v_debt := creditgate.consume(v_request.account_id, v_request.key, 1000000, p_usage_id,
-                                 v_request.amount, v_request.created_at);
+    -- The held request covers the call: it adds no debt (its freed hold may pay older debt
+    -- first, which the call then owes instead; the total does not grow).
+    PERFORM creditgate.consume(v_request.account_id, v_request.key, 1000000, p_usage_id,
+                               v_request.amount, v_request.created_at);
   ELSIF p_plan.allowances ? v_request.key THEN
     v_debt := creditgate.consume(v_request.account_id, v_request.key, 1000000, p_usage_id);
   END IF;
@@ -65,16 +68,50 @@ BEGIN
 END
 $$;
 
--- Ends a hold without a call to pay: also frees the request the call held; and, while the
--- balance is in debt, lets what the hold kept of grants past their expiry expire instead
--- of paying the debt (only the settle of the hold that kept them may spend them).
-CREATE OR REPLACE FUNCTION creditgate.close_reservation(p_reservation creditgate.reservations, p_status text)
+-- Frees `p_amount` of a hold that has ended (its row no longer active). While the balance
+-- is in debt nothing is unreserved, so the amount is exactly what the hold kept: its part
+-- of grants past their expiry leaves the hold and expires (available stays 0), as
+-- expire_grants would take it were that amount available; only the rest pays the debt.
+-- Credits of an expired grant pay for nothing but the call whose hold kept them.
+CREATE FUNCTION creditgate.free_hold(p_account_id text, p_key text, p_amount bigint)
 RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
   v_balance creditgate.balances;
-  v_left bigint := p_reservation.amount;
+  v_left bigint := p_amount;
   v_take bigint;
   g creditgate.grants;
+BEGIN
+  IF p_amount <= 0 THEN
+    RETURN;
+  END IF;
+  SELECT * INTO v_balance FROM creditgate.balances WHERE account_id = p_account_id AND key = p_key;
+  IF v_balance.debt > 0 THEN
+    FOR g IN
+      SELECT * FROM creditgate.grants
+      WHERE account_id = p_account_id AND key = p_key AND live AND expires_at <= now()
+      ORDER BY priority, expires_at, id
+    LOOP
+      v_balance.available := v_left;
+      v_take := creditgate.expirable(g, v_balance);
+      CONTINUE WHEN v_take <= 0;
+      UPDATE creditgate.grants SET remaining = remaining - v_take WHERE id = g.id;
+      UPDATE creditgate.balances SET reserved = reserved - v_take
+       WHERE account_id = p_account_id AND key = p_key
+      RETURNING * INTO v_balance;
+      PERFORM creditgate.journal(v_balance, 'expire', -v_take, g.id, NULL, g.source, g.external_ref);
+      v_left := v_left - v_take;
+    END LOOP;
+  END IF;
+  -- Nothing consumed, the rest freed (paying debt first).
+  PERFORM creditgate.consume(p_account_id, p_key, 0, NULL, v_left);
+  PERFORM creditgate.expire_grants(p_account_id, p_key);
+END
+$$;
+
+-- Ends a hold without a call to pay, and the request the call held with it.
+CREATE OR REPLACE FUNCTION creditgate.close_reservation(p_reservation creditgate.reservations, p_status text)
+RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
   v_request creditgate.reservations;
 BEGIN
   -- Only an active hold is freed, once: a caller may hold a copy of the row read before
@@ -84,31 +121,7 @@ BEGIN
   IF NOT FOUND THEN
     RETURN;
   END IF;
-  SELECT * INTO v_balance FROM creditgate.balances
-  WHERE account_id = p_reservation.account_id AND key = p_reservation.key;
-  IF v_balance.debt > 0 THEN
-    -- In debt nothing is unreserved: the freed amount is exactly what the hold kept. Its
-    -- part of expired grants leaves the hold and expires (available stays 0), as
-    -- expire_grants would take it were that amount available.
-    FOR g IN
-      SELECT * FROM creditgate.grants
-      WHERE account_id = p_reservation.account_id AND key = p_reservation.key AND live AND expires_at <= now()
-      ORDER BY priority, expires_at, id
-    LOOP
-      v_balance.available := v_left;
-      v_take := creditgate.expirable(g, v_balance);
-      CONTINUE WHEN v_take <= 0;
-      UPDATE creditgate.grants SET remaining = remaining - v_take WHERE id = g.id;
-      UPDATE creditgate.balances SET reserved = reserved - v_take
-       WHERE account_id = p_reservation.account_id AND key = p_reservation.key
-      RETURNING * INTO v_balance;
-      PERFORM creditgate.journal(v_balance, 'expire', -v_take, g.id, NULL, g.source, g.external_ref);
-      v_left := v_left - v_take;
-    END LOOP;
-  END IF;
-  -- Nothing consumed, the rest of the hold freed (paying debt first).
-  PERFORM creditgate.consume(p_reservation.account_id, p_reservation.key, 0, NULL, v_left);
-  PERFORM creditgate.expire_grants(p_reservation.account_id, p_reservation.key);
+  PERFORM creditgate.free_hold(p_reservation.account_id, p_reservation.key, p_reservation.amount);
   FOR v_request IN
     SELECT * FROM creditgate.reservations WHERE parent_id = p_reservation.id AND status = 'active'
   LOOP
@@ -324,6 +337,7 @@ DECLARE
   v_cost bigint;
   v_debt bigint;
   v_quota_debt bigint := 0;
+  v_debt_before bigint;
   v_usage_id uuid := gen_random_uuid();
   v_settling boolean := false;
 BEGIN
@@ -418,10 +432,21 @@ BEGIN
     v_feature.balance_key, v_cost, v_pico, v_res.id, request -> 'metadata'
   FROM creditgate.settings s;
 
-  -- Settling frees the hold and charges the actual cost in one movement of the balance.
+  -- Settling pays the actual cost from the hold in one movement of the balance; what the
+  -- hold kept beyond the cost is freed as an ended hold's is. The debt the call added is
+  -- how much the debt grew: the freed hold may first pay debt that was there before.
+  IF v_settling THEN
+    SELECT debt INTO v_debt_before FROM creditgate.balances
+    WHERE account_id = v_account_id AND key = v_feature.balance_key;
+  END IF;
   v_debt := creditgate.consume(v_account_id, v_feature.balance_key, v_cost, v_usage_id,
-                               CASE WHEN v_settling THEN v_res.amount ELSE 0 END,
+                               CASE WHEN v_settling THEN least(v_cost, v_res.amount) ELSE 0 END,
                                CASE WHEN v_settling THEN v_res.created_at END);
+  IF v_settling THEN
+    PERFORM creditgate.free_hold(v_account_id, v_feature.balance_key, v_res.amount - v_cost);
+    SELECT greatest(debt - v_debt_before, 0) INTO v_debt FROM creditgate.balances
+    WHERE account_id = v_account_id AND key = v_feature.balance_key;
+  END IF;
   IF v_debt > 0 THEN
     UPDATE creditgate.usage_events SET debt_added = v_debt WHERE id = v_usage_id;
   END IF;

@@ -151,6 +151,42 @@ class TestNothingElseSpendsWhatAHoldKeeps:
         assert ledger.reconcile(account)["ok"]
 
 
+class TestEndingAHoldInDebt:
+    """What a hold kept of an expired grant pays for its own call only, never for debt."""
+
+    @pytest.fixture
+    def in_debt_with_a_held_expired_promo(self, ledger, make_account, sql, welcome):
+        account = make_account("test_open")  # the welcome credit only
+        promo = grant(ledger, account, 3, source="promo", expires_at="2999-01-01T00:00:00Z")
+        hold = reserve(ledger, account, 3)
+        sql("UPDATE creditgate.grants SET expires_at = now() WHERE id = %s", promo["grant_id"])
+        # Usage without a hold: the welcome credit, then 5 credits of debt.
+        ledger.record_usage(
+            {
+                "account_id": account,
+                "feature": "ai_message",
+                "quantity": (welcome // MICRO + 5) * 5,
+                "idempotency_key": uuid.uuid4().hex,
+            }
+        )
+        return account, hold
+
+    def debt(self, ledger, account):
+        return next(b for b in ledger.balance(account)["balances"] if b["key"] == "credits")["debt"]
+
+    def test_a_release_lets_it_expire(self, ledger, in_debt_with_a_held_expired_promo):
+        account, hold = in_debt_with_a_held_expired_promo
+        ledger.release_reservation({"reservation_id": hold["id"]})
+        assert self.debt(ledger, account) == 5 * MICRO
+        assert ledger.reconcile(account)["ok"]
+
+    def test_a_settle_for_less_pays_only_the_call_from_it(self, ledger, in_debt_with_a_held_expired_promo):
+        account, hold = in_debt_with_a_held_expired_promo
+        settle(ledger, hold["id"], 1)  # 1 of the 3 held: the call; the other 2 expire
+        assert self.debt(ledger, account) == 5 * MICRO
+        assert ledger.reconcile(account)["ok"]
+
+
 class TestGrantsExpireOnTime:
     def test_an_expired_promo_cannot_be_spent_before_maintenance_runs(self, ledger, make_account, sql, welcome):
         account = make_account("test_open")  # the welcome credit only

@@ -150,7 +150,10 @@ def run(ledger, sql, account: str, model: Model, op: str, n: int) -> None:
         ledger.record_usage(
             {"reservation_id": hold.id, "feature": "vm_minute", "quantity": max(n, 1), "idempotency_key": key}
         )
-        model.consume(max(n, 1) * MICRO, hold.amount, hold.made)
+        cost = max(n, 1) * MICRO
+        model.consume(cost, min(cost, hold.amount), hold.made)  # the call's cost from its hold
+        if hold.amount > cost:
+            model.release(hold.amount - cost)  # the rest as an ended hold's
     elif op == "release" and model.holds:
         hold = model.holds.pop(n % len(model.holds))
         ledger.release_reservation({"reservation_id": hold.id})
@@ -214,6 +217,8 @@ def check(ledger, sql, account: str, model: Model, where: str) -> None:
 @example(ops=[("promo", 10), ("reserve", 10), ("expire", 0), ("reserve", 5), ("settle", 5), ("release", 0)])
 # In debt when a hold of an expired grant is released: that part expires, it pays no debt.
 @example(ops=[("promo", 1), ("reserve", 1), ("expire", 0), ("commit", 11), ("usage", 40)])
+# In debt when a hold of an expired grant is settled for less: only the cost is paid from it.
+@example(ops=[("promo", 3), ("reserve", 3), ("expire", 0), ("usage", 60), ("settle", 1)])
 def test_every_grant_holds_what_the_rules_say(ledger, sql, make_account, welcome, ops):
     account = make_account("test_open")  # no allowance: the welcome credit, then what the ops grant
     (welcome_id,) = sql("SELECT id FROM creditgate.grants WHERE account_id = %s", account)[0]
