@@ -1,5 +1,6 @@
 """Revenue in GET /v1/admin/metrics: packs through their orders, subscriptions through every
-paid invoice (renewals too), each counted once however often Stripe delivers it."""
+paid invoice (renewals too), each counted once however often Stripe delivers it; a live
+subscription in the recurring revenue of the `kpis`."""
 
 from __future__ import annotations
 
@@ -45,6 +46,28 @@ def test_packs_and_every_paid_invoice_count_once(stripe_http, fake, make_account
     after = revenue(stripe_http, service_headers)
     assert after["packs"] - before["packs"] == 9900  # the pro pack, $99.00
     assert after["subscriptions"] - before["subscriptions"] == sum(invoices.values())
+
+
+def kpis(client, headers) -> dict:
+    return client.get("/v1/admin/metrics?days=1", headers=headers).json()["kpis"]
+
+
+def test_a_subscription_is_recurring_revenue_until_it_is_cancelled(stripe_http, fake, make_account, service_headers):
+    before = kpis(stripe_http, service_headers)
+    subscriber = make_account()
+    session = checkout(stripe_http, service_headers, subscriber, key=new_key(), plan="pro").json()["session_id"]
+    events = fake.complete_checkout(session)
+    deliver_all(stripe_http, fake, events)
+    subscribed = kpis(stripe_http, service_headers)
+    stripe_mrr = subscribed["mrr_minor_by_billing"]["stripe"] - before["mrr_minor_by_billing"]["stripe"]
+    assert stripe_mrr == subscribed["mrr_minor"] - before["mrr_minor"] == 3900
+    assert subscribed["paying_accounts"] - before["paying_accounts"] == 1
+    assert subscribed["conversion"]["free_to_paid"] - before["conversion"]["free_to_paid"] == 1
+
+    deliver_all(stripe_http, fake, fake.cancel_subscription(events[0]["data"]["object"]["subscription"]))
+    cancelled = kpis(stripe_http, service_headers)
+    assert cancelled["mrr_minor"] == before["mrr_minor"] and cancelled["paying_accounts"] == before["paying_accounts"]
+    assert cancelled["churned"] - before["churned"] == 1
 
 
 def test_accounts_by_plan_and_top_accounts(client, service_headers, make_account):

@@ -148,6 +148,8 @@ def history(account_id: AccountPath, caller: ServiceDep, ledger: LedgerDep) -> d
 
 @router.get("/v1/admin/metrics", response_model=Metrics)
 def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict:
+    """Operator analytics over the last `days` days: usage, revenue, the funnel, top lists and `kpis`
+    (MRR/ARR, churn, conversion, margin, tokens per account per plan)."""
     answer = ledger.metrics(days)
     for day in answer["daily"]:
         day["cost"] = micro_fields(day, ("cost",))["cost"]
@@ -162,4 +164,5 @@ def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge
         row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
     for row in answer["top_accounts"] + answer["top_features"]:
         row["other_keys"] = micro_map(row["other_keys"])
+    answer["kpis"]["cost_usd"] = cost_usd(answer["kpis"].pop("cost_pico_usd"))
     return answer
