@@ -2,18 +2,23 @@
 -- run the command again; never edit this copy.
 -- Refunds of subscription invoices. A refunded charge that paid a period's invoice used to
 -- change nothing: the allowances stayed and metrics kept counting the invoice. Now it
--- takes back the refunded share of each allowance that period granted, as a pack refund
--- takes back its credits (the same claw-back: what is left first, then other available
--- credits, the rest as debt), and revenue is counted net of it.
+-- takes back what is left of each allowance that period granted, up to the refunded share
+-- of it, and revenue is counted net of the refund.
+--
+-- Unlike a pack's refund, it makes no debt: what the user already used of the period stays
+-- used. Stripe's "cancel and refund" sends customer.subscription.deleted and
+-- charge.refunded in either order, and the cancellation ends the allowance (what is left
+-- expires); taking only what is left gives the same ledger in both orders, where charging
+-- the used part as debt would only happen when the refund came first.
 --
 -- The invoice's grants are found through its stored invoice.paid: the plan and period it
 -- opened are the allowance grants' plan_id and period_start (read again from the payload,
--- so invoices paid before this migration are covered). An allowance that is no longer
--- running (its period rolled, or the account left the plan) has nothing left to take; the
--- refund is still recorded, for revenue.
+-- so invoices paid before this migration are covered). The share is the invoice's: an
+-- invoice may be paid by several charges (partial payments), so what its charges refunded
+-- is summed against what it was paid, and what they took back is summed too.
 
--- One row per refunded charge of an invoice. `amount_refunded` is cumulative, so the row
--- keeps what was taken back so far, per balance key (micro-units), and each event takes
+-- One row per refunded charge of an invoice. `amount_refunded` is cumulative, so the rows
+-- keep what was taken back so far, per balance key (micro-units), and each event takes
 -- only the rest.
 CREATE TABLE creditgate.invoice_refunds (
   charge_id      text PRIMARY KEY,
@@ -88,51 +93,75 @@ BEGIN
 END
 $$;
 
--- Takes back, per key, the refunded share of what the invoice's period granted (its
--- reinstatements, ':back:', give back the same allowance and are not counted again), less
--- what earlier refunds of the charge took. Only while that allowance still runs: the
--- account on the plan and period, the grant not past its time. The caller holds the
--- account's lock.
-CREATE FUNCTION creditgate.claw_back_invoice(p_refund creditgate.invoice_refunds, p_plan text, p_start timestamptz)
+-- Takes back, per key, what is left of the allowance the invoice's period granted (its
+-- reinstatements, ':back:', give back the same allowance and are not counted again), up to
+-- the invoice's refunded share of it less what its refunds took before; never more than
+-- is available (a hold keeps its part) and never as debt. Only while that allowance runs:
+-- the account on the plan and period, the grant not past its time. What is taken is
+-- recorded on the refund of `p_charge_id`. The caller holds the account's lock.
+CREATE FUNCTION creditgate.claw_back_invoice(p_invoice_id text, p_account_id text, p_paid bigint, p_plan text,
+  p_start timestamptz, p_charge_id text)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
   v_account creditgate.accounts;
+  v_refunded bigint;
+  v_taken jsonb;
+  v_done jsonb := '{}';
   k record;
+  v_grant creditgate.grants;
   v_due bigint;
-  v_done jsonb := p_refund.clawed_back;
-  v_debt jsonb := '{}';
-  v_took boolean := false;
+  v_take bigint;
   v_ended boolean := false;
+  v_spent boolean := false;
 BEGIN
-  SELECT * INTO v_account FROM creditgate.accounts WHERE id = p_refund.account_id;
+  SELECT * INTO v_account FROM creditgate.accounts WHERE id = p_account_id;
+  SELECT coalesce(sum(least(refunded_minor, amount_minor)), 0) INTO v_refunded
+  FROM creditgate.invoice_refunds WHERE invoice_id = p_invoice_id;
+  SELECT coalesce(jsonb_object_agg(key, total), '{}') INTO v_taken
+  FROM (SELECT c.key, sum(c.value::bigint) AS total
+        FROM creditgate.invoice_refunds r, jsonb_each_text(r.clawed_back) c
+        WHERE r.invoice_id = p_invoice_id GROUP BY c.key) t;
   FOR k IN
-    SELECT g.key, coalesce(sum(g.amount) FILTER (WHERE g.external_ref NOT LIKE '%:back:%'), 0) AS granted,
-           (array_agg(g.external_ref ORDER BY g.remaining DESC, g.id)
-              FILTER (WHERE g.expires_at IS NULL OR g.expires_at > now()))[1] AS running
+    SELECT g.key, coalesce(sum(g.amount) FILTER (WHERE g.external_ref NOT LIKE '%:back:%'), 0) AS granted
     FROM creditgate.grants g
-    WHERE g.account_id = p_refund.account_id AND g.source = 'allowance'
-      AND g.plan_id = p_plan AND g.period_start = p_start
+    WHERE g.account_id = p_account_id AND g.source = 'allowance' AND g.plan_id = p_plan AND g.period_start = p_start
     GROUP BY g.key ORDER BY g.key
   LOOP
-    v_due := CASE WHEN p_refund.amount_minor > 0
-                  THEN floor(k.granted::numeric * least(p_refund.refunded_minor, p_refund.amount_minor)
-                             / p_refund.amount_minor)::bigint
-                  ELSE 0 END - coalesce((v_done ->> k.key)::bigint, 0);
+    v_due := CASE WHEN p_paid > 0 THEN floor(k.granted::numeric * least(v_refunded, p_paid) / p_paid)::bigint
+                  ELSE 0 END - coalesce((v_taken ->> k.key)::bigint, 0);
     CONTINUE WHEN v_due <= 0;
-    IF k.running IS NULL OR (v_account.plan_id, v_account.period_start) IS DISTINCT FROM (p_plan, p_start) THEN
+    IF (v_account.plan_id, v_account.period_start) IS DISTINCT FROM (p_plan, p_start) THEN
       v_ended := true;
       CONTINUE;
     END IF;
-    v_debt := v_debt || jsonb_build_object(k.key,
-      creditgate.claw_back(p_refund.account_id, k.running, v_due, p_refund.charge_id, k.key));
-    v_done := v_done || jsonb_build_object(k.key, coalesce((v_done ->> k.key)::bigint, 0) + v_due);
-    v_took := true;
+    FOR v_grant IN
+      SELECT * FROM creditgate.grants
+      WHERE account_id = p_account_id AND key = k.key AND source = 'allowance' AND plan_id = p_plan
+        AND period_start = p_start AND live AND (expires_at IS NULL OR expires_at > now())
+      ORDER BY remaining DESC, id
+    LOOP
+      SELECT least(v_due, v_grant.remaining, available) INTO v_take
+      FROM creditgate.balances WHERE account_id = p_account_id AND key = k.key;
+      EXIT WHEN v_take <= 0;
+      PERFORM creditgate.claw_back(p_account_id, v_grant.external_ref, v_take, p_charge_id, k.key);
+      v_done := v_done || jsonb_build_object(k.key, coalesce((v_done ->> k.key)::bigint, 0) + v_take);
+      v_due := v_due - v_take;
+      EXIT WHEN v_due <= 0;
+    END LOOP;
+    v_spent := v_spent OR NOT (v_done ? k.key);
   END LOOP;
-  UPDATE creditgate.invoice_refunds SET clawed_back = v_done, updated_at = now()
-   WHERE charge_id = p_refund.charge_id;
+  IF v_done <> '{}' THEN
+    UPDATE creditgate.invoice_refunds r
+       SET clawed_back = (SELECT jsonb_object_agg(x.key, coalesce((r.clawed_back ->> x.key)::bigint, 0)
+                                                         + coalesce((v_done ->> x.key)::bigint, 0))
+                          FROM jsonb_object_keys(r.clawed_back || v_done) AS x(key)),
+           updated_at = now()
+     WHERE charge_id = p_charge_id;
+  END IF;
   RETURN jsonb_build_object(
-    'outcome', CASE WHEN v_took THEN 'clawed_back' WHEN v_ended THEN 'allowance_ended' ELSE 'already_clawed_back' END,
-    'clawed_back', v_done, 'debt', v_debt);
+    'outcome', CASE WHEN v_done <> '{}' THEN 'clawed_back' WHEN v_ended THEN 'allowance_ended'
+                    WHEN v_spent THEN 'allowance_spent' ELSE 'already_clawed_back' END,
+    'clawed_back', v_done);
 END
 $$;
 
@@ -148,7 +177,6 @@ DECLARE
                              p_event #>> '{expanded,invoice_payments,data,0,invoice}');
   v_paid jsonb;
   v_account_id text;
-  v_refund creditgate.invoice_refunds;
   v_period record;
 BEGIN
   IF v_invoice IS NULL THEN
@@ -156,27 +184,32 @@ BEGIN
     RETURN jsonb_build_object('handled', false, 'outcome', 'no_order_or_invoice',
       'account_id', creditgate.stripe_account(ARRAY[v_charge #>> '{metadata,account_id}'], v_charge ->> 'customer'));
   END IF;
-  SELECT payload, account_id INTO v_paid, v_account_id FROM creditgate.stripe_events
-   WHERE object_id = v_invoice AND type = 'invoice.paid' AND handled ORDER BY created, received_at LIMIT 1;
-  v_account_id := coalesce((SELECT account_id FROM creditgate.invoice_refunds WHERE charge_id = v_charge ->> 'id'),
-    v_account_id, creditgate.stripe_account(ARRAY[v_charge #>> '{metadata,account_id}'], v_charge ->> 'customer'));
+  v_account_id := coalesce(
+    (SELECT account_id FROM creditgate.invoice_refunds WHERE charge_id = v_charge ->> 'id'),
+    (SELECT account_id FROM creditgate.stripe_events
+     WHERE object_id = v_invoice AND type = 'invoice.paid' AND handled ORDER BY created, received_at LIMIT 1),
+    creditgate.stripe_account(ARRAY[v_charge #>> '{metadata,account_id}'], v_charge ->> 'customer'));
   IF v_account_id IS NULL THEN
     RETURN jsonb_build_object('handled', false, 'outcome', 'unknown_account');
   END IF;
+  -- The invoice.paid is read under the account's lock: one being applied now is waited
+  -- for and seen here, or it sees this refund (it takes the same lock before it looks).
   PERFORM creditgate.lock_account(v_account_id);
+  SELECT payload INTO v_paid FROM creditgate.stripe_events
+   WHERE object_id = v_invoice AND type = 'invoice.paid' AND handled ORDER BY created, received_at LIMIT 1;
   INSERT INTO creditgate.invoice_refunds (charge_id, invoice_id, account_id, amount_minor, currency)
   VALUES (v_charge ->> 'id', v_invoice, v_account_id, (v_charge ->> 'amount')::bigint, lower(v_charge ->> 'currency'))
   ON CONFLICT (charge_id) DO NOTHING;
   UPDATE creditgate.invoice_refunds
      SET refunded_minor = greatest(refunded_minor, (v_charge ->> 'amount_refunded')::bigint), updated_at = now()
-   WHERE charge_id = v_charge ->> 'id'
-  RETURNING * INTO v_refund;
+   WHERE charge_id = v_charge ->> 'id';
   IF v_paid IS NULL THEN
     RETURN jsonb_build_object('handled', true, 'outcome', 'refund_recorded', 'account_id', v_account_id);
   END IF;
   SELECT * INTO v_period FROM creditgate.invoice_period(v_paid #> '{data,object}');
   RETURN jsonb_build_object('handled', true, 'account_id', v_account_id)
-    || creditgate.claw_back_invoice(v_refund, v_period.plan_id, to_timestamp(v_period.period_start));
+    || creditgate.claw_back_invoice(v_invoice, v_account_id, coalesce((v_paid #>> '{data,object,amount_paid}')::bigint, 0),
+                                    v_period.plan_id, to_timestamp(v_period.period_start), v_charge ->> 'id');
 END
 $$;
 
@@ -231,7 +264,7 @@ DECLARE
   v_plan text;
   v_start bigint;
   v_end bigint;
-  v_refund creditgate.invoice_refunds;
+  v_charge_id text;
 BEGIN
   IF v_sub IS NULL OR coalesce(v_inv ->> 'billing_reason', '') NOT IN ('subscription_create', 'subscription_cycle') THEN
     RETURN jsonb_build_object('handled', false, 'outcome', 'not_a_period_invoice');
@@ -263,12 +296,12 @@ BEGIN
          subscription_version = greatest(subscription_version, v_at)
    WHERE id = v_account_id RETURNING * INTO v_account;
   PERFORM creditgate.open_stripe_period(v_account, v_plan, to_timestamp(v_start), to_timestamp(v_end));
-  FOR v_refund IN
-    SELECT * FROM creditgate.invoice_refunds WHERE invoice_id = v_inv ->> 'id' AND account_id = v_account_id
-    ORDER BY charge_id
-  LOOP
-    PERFORM creditgate.claw_back_invoice(v_refund, v_plan, to_timestamp(v_start));
-  END LOOP;
+  SELECT min(charge_id) INTO v_charge_id FROM creditgate.invoice_refunds
+  WHERE invoice_id = v_inv ->> 'id' AND account_id = v_account_id;
+  IF v_charge_id IS NOT NULL THEN
+    PERFORM creditgate.claw_back_invoice(v_inv ->> 'id', v_account_id, coalesce((v_inv ->> 'amount_paid')::bigint, 0),
+                                         v_plan, to_timestamp(v_start), v_charge_id);
+  END IF;
   RETURN jsonb_build_object('handled', true, 'outcome', 'period_paid', 'account_id', v_account_id, 'plan', v_plan);
 END
 $$;

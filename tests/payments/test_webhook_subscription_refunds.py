@@ -1,10 +1,16 @@
-"""Refunds of subscription invoices: the refunded share of the allowances the invoice's
-period granted is taken back (per balance key, cumulative, exactly once), spent allowance
-becomes debt, an ended period gives nothing back, and revenue is counted net."""
+"""Refunds of subscription invoices: what is left of the allowances the invoice's period
+granted is taken back up to the refunded share (per balance key, cumulative over the
+invoice's charges, exactly once), never as debt, so a cancellation delivered before or
+after the refund leaves the same ledger; an ended period gives nothing back, and revenue
+is counted net."""
 
 from __future__ import annotations
 
 import copy
+import json
+import threading
+import time
+from contextlib import contextmanager
 
 from tests.fakes.stripe_server import FakeStripe
 from tests.payments.conftest import (
@@ -15,11 +21,26 @@ from tests.payments.conftest import (
     deliver,
     deliver_all,
     new_key,
+    pack_price_id,
     plan_price_id,
 )
 
 PRO_PRICE = 3900  # minor units, as the fake's pro price
 PRO = {"credits": 1_500 * MICRO, "requests": 2_000 * MICRO, "tokens": 200_000 * MICRO}
+
+
+@contextmanager
+def current_api(settings, ledger, fake):
+    """The app against a fake Stripe of the current API version (charges name no invoice)."""
+    from fastapi.testclient import TestClient
+
+    from functions.local import build_app
+
+    current = settings.model_copy(
+        update={"stripe_secret_key": fake.api_key, "stripe_api_base": fake.url, "payments": "stripe"}
+    )
+    with TestClient(build_app(settings=current, ledger=ledger), raise_server_exceptions=False) as client:
+        yield client
 
 
 def subscribe(client, fake, headers, account, plan="pro"):
@@ -99,8 +120,8 @@ def test_partial_then_full_refund_takes_back_the_refunded_share_once(
     assert_reconciled(ledger, account)
 
 
-def test_a_refund_after_the_allowance_was_partly_spent_leaves_debt(
-    stripe_http, fake, make_account, service_headers, ledger, welcome
+def test_a_refund_after_the_allowance_was_partly_spent_takes_what_is_left_and_makes_no_debt(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome
 ):
     account = make_account()
     _, events = subscribe(stripe_http, fake, service_headers, account)
@@ -109,17 +130,40 @@ def test_a_refund_after_the_allowance_was_partly_spent_leaves_debt(
     spend(ledger, account, 1_200 * MICRO)  # from the allowance first: 300 of it left
     assert credits(ledger, account) == (welcome + 300 * MICRO, 0)
 
-    # Half: 750 due, 300 from the allowance, the welcome credit, the rest debt.
-    deliver_all(stripe_http, fake, fake.refund(charge, amount=PRO_PRICE // 2))
-    assert credits(ledger, account) == (0, 750 * MICRO - 300 * MICRO - welcome)
+    # Half: 750 due, the 300 left taken; the welcome credit is not the allowance's.
+    half = fake.refund(charge, amount=PRO_PRICE // 2)
+    deliver_all(stripe_http, fake, half)
+    assert credits(ledger, account) == (welcome, 0)
+    assert refund_row(sql, charge)[1]["credits"] == 300 * MICRO
     assert_reconciled(ledger, account)
-    deliver_all(stripe_http, fake, fake.refund(charge))
-    assert credits(ledger, account) == (0, 1_200 * MICRO - welcome)
+    rest = fake.refund(charge)
+    deliver_all(stripe_http, fake, rest)
+    assert credits(ledger, account) == (welcome, 0)  # nothing of the credits left to take
+    assert balance(ledger, account, "requests") == (0, 0)  # the rest of the unused requests
+    assert refund_row(sql, charge)[1]["credits"] == 300 * MICRO
     assert_reconciled(ledger, account)
     gate = stripe_http.post(
         "/v1/gate", headers=service_headers, json={"account_id": account, "feature": "ai_message", "mode": "check"}
     )
-    assert gate.status_code == 402 and gate.json()["code"] == "debt_outstanding"
+    assert gate.status_code == 200
+
+
+def test_cancel_and_refund_leave_the_same_ledger_in_either_order(
+    stripe_http, fake, make_account, service_headers, ledger
+):
+    """Stripe's "cancel and refund" delivers the two events in either order."""
+    results = []
+    for refund_first in (True, False):
+        account = make_account()
+        sub, events = subscribe(stripe_http, fake, service_headers, account)
+        deliver_all(stripe_http, fake, events)
+        spend(ledger, account, 1_200 * MICRO)
+        refund = fake.refund(paid_invoice(events)["charge"])
+        deleted = fake.cancel_subscription(sub)
+        deliver_all(stripe_http, fake, refund + deleted if refund_first else deleted + refund)
+        results.append(credits(ledger, account))
+        assert_reconciled(ledger, account)
+    assert results[0] == results[1]
 
 
 def test_a_refund_after_the_period_rolled_takes_nothing_and_is_recorded(
@@ -205,16 +249,9 @@ def test_current_api_shapes_find_the_invoice_through_its_payment(
 ):
     """API 2025-03-31+: a charge no longer names its invoice; the webhook asks Stripe for
     the invoice payment of the charge's PaymentIntent."""
-    from fastapi.testclient import TestClient
-
-    from functions.local import build_app
-
     with FakeStripe(legacy_fields=False) as fake:
         fake.create_price(PRO_PRICE, "usd", recurring="month", id=plan_price_id("pro"))
-        current = settings.model_copy(
-            update={"stripe_secret_key": fake.api_key, "stripe_api_base": fake.url, "payments": "stripe"}
-        )
-        with TestClient(build_app(settings=current, ledger=ledger), raise_server_exceptions=False) as client:
+        with current_api(settings, ledger, fake) as client:
             account = make_account()
             _, events = subscribe(client, fake, service_headers, account)
             deliver_all(client, fake, events)
@@ -226,4 +263,105 @@ def test_current_api_shapes_find_the_invoice_through_its_payment(
             deliver_all(client, fake, refund)
             assert credits(ledger, account) == (welcome, 0)
             assert refund_row(sql, charge)[0] == PRO_PRICE
+            assert_reconciled(ledger, account)
+
+
+def test_an_invoice_paid_by_two_payments_gives_back_its_allowance_once(
+    settings, ledger, catalog_prices, make_account, service_headers, welcome
+):
+    """Partial payments (API 2025-05-28+): the share is the invoice's, over all its charges."""
+    from tests.fakes import stripe_billing_objects as billing
+
+    with FakeStripe(legacy_fields=False) as fake:
+        fake.create_price(PRO_PRICE, "usd", recurring="month", id=plan_price_id("pro"))
+        with current_api(settings, ledger, fake) as client:
+            account = make_account()
+            _, events = subscribe(client, fake, service_headers, account)
+            deliver_all(client, fake, events)
+            invoice = fake.get(paid_invoice(events)["id"])
+            first = fake.client().v1.invoice_payments.list(params={"invoice": invoice["id"]}).data[0]
+            for row in fake._all("invoice_payment"):
+                if row["invoice"] == invoice["id"]:
+                    row.update(amount_paid=PRO_PRICE // 2, amount_requested=PRO_PRICE // 2)
+            second = billing.invoice_payment(
+                "inpay_second", fake.clock, invoice=invoice, payment_intent="pi_second", paid_at=fake.clock
+            )
+            second.update(amount_paid=PRO_PRICE // 2, is_default=False)
+            fake._put(second)
+            template = fake.refund(fake.get(first.payment.payment_intent)["latest_charge"])[0]
+            refunds = []
+            for charge, intent in (
+                (template["data"]["object"]["id"], first.payment.payment_intent),
+                ("ch_second", "pi_second"),
+            ):
+                event = copy.deepcopy(template)
+                event["id"] = "evt_" + new_key()
+                event["data"]["object"].update(
+                    id=charge, payment_intent=intent, amount=PRO_PRICE // 2, amount_refunded=PRO_PRICE // 2
+                )
+                refunds.append(event)
+            deliver_all(client, fake, refunds[:1])
+            assert credits(ledger, account) == (welcome + PRO["credits"] // 2, 0)
+            deliver_all(client, fake, refunds[1:])
+            assert credits(ledger, account) == (welcome, 0)
+            assert_reconciled(ledger, account)
+
+
+def test_a_refund_racing_its_invoice_paid_is_still_taken_back(
+    stripe_http, fake, make_account, service_headers, ledger, sql, dsn, welcome
+):
+    """The refund arrives while invoice.paid is being applied (a redelivered backlog)."""
+    import psycopg
+
+    account = make_account()
+    _, (completed, created, paid) = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, [completed, created])
+    refund = fake.refund(paid["data"]["object"]["charge"])
+    answer = {}
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT public.creditgate_apply_stripe_event(%s::jsonb)", (json.dumps(paid),))  # not committed
+        racing = threading.Thread(target=lambda: answer.update(r=deliver(stripe_http, fake, refund[0])))
+        racing.start()
+        for _ in range(200):  # until the refund waits for the account's lock
+            waiting = sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                "%apply_stripe_event%",
+            )
+            if waiting[0][0]:
+                break
+            time.sleep(0.05)
+        conn.commit()
+        racing.join(20)
+    assert answer["r"].status_code == 200
+    assert credits(ledger, account) == (welcome, 0)
+    assert_reconciled(ledger, account)
+
+
+def test_a_payment_link_pack_refund_needs_no_invoice_permission(settings, ledger, catalog_prices, make_account):
+    """A restricted key without Invoices: read still applies a pack's refund (not a 502 forever)."""
+    with FakeStripe(legacy_fields=False) as fake:
+        fake.create_price(4900, "usd", id=pack_price_id("growth"))
+        with current_api(settings, ledger, fake) as client:
+            account = make_account()
+            before, _ = credits(ledger, account)
+            session = fake.client().v1.checkout.sessions.create(
+                params={
+                    "mode": "payment",
+                    "line_items": [{"price": pack_price_id("growth"), "quantity": 1}],
+                    "success_url": "https://example.com/ok",
+                    "client_reference_id": account,
+                }
+            )
+            events = fake.complete_checkout(session.id)
+            deliver_all(client, fake, events)
+            assert credits(ledger, account)[0] > before
+            refund = fake.refund(fake.get(events[0]["data"]["object"]["payment_intent"])["latest_charge"])
+            fake.inject_error(
+                403,
+                message="The provided key does not have the required permissions",
+                path="/v1/invoice_payments",
+                times=5,
+            )
+            assert deliver(client, fake, refund[0]).status_code == 200
+            assert credits(ledger, account) == (before, 0)
             assert_reconciled(ledger, account)

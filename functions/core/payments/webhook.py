@@ -77,7 +77,18 @@ def expand(event: dict[str, Any], settings: Settings) -> None:
         and not metadata.get("order_id")
         and isinstance(obj.get("payment_intent"), str)
     ):
-        event["expanded"] = {"invoice_payments": provider.invoice_payments(settings, obj["payment_intent"])}
+        try:
+            event["expanded"] = {"invoice_payments": provider.invoice_payments(settings, obj["payment_intent"])}
+        except provider.PaymentProviderError as error:
+            # A restricted key without Invoices: read. A Payment Link pack's refund needs no
+            # invoice, and answering 502 would hold every such refund back for good.
+            if error.fields.get("provider_status") != 403:
+                raise
+            logger.error(
+                "stripe: the key may not list invoice payments (grant Invoices: read): the refund of charge %s"
+                " is applied without its invoice, so a subscription's allowance is not taken back",
+                obj.get("id"),
+            )
 
 
 def handle_webhook(
