@@ -156,6 +156,37 @@ class TestGateAsUser:
         assert_problem(client.post("/v1/gate", json={"feature": "chat"}), 401, "unauthenticated")
 
 
+class TestGateNamesTheUser:
+    """A commit's usage row says which member made the call, for usage by user."""
+
+    def commit(self, client, headers, account, **extra):
+        body = gate_body(account, mode="commit", **extra)
+        response = client.post("/v1/gate", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()["usage_id"]
+
+    def test_a_service_key_names_the_member(self, client, service_headers, make_account, sql):
+        org = make_account("pro", owner="org")
+        usage_id = self.commit(client, service_headers, org, user_id="member-7")
+        assert sql("SELECT user_id FROM creditgate.usage_events WHERE id = %s", usage_id) == [("member-7",)]
+        summary = client.get(f"/v1/usage?account_id={org}&group_by=user", headers=service_headers).json()
+        assert [item["group"] for item in summary["items"]] == ["member-7"]
+
+    def test_a_users_token_names_its_own_user(self, client, service_headers, make_account, sql):
+        org = make_account("pro", owner="org")
+        user = str(uuid.uuid4())
+        client.put(f"/v1/accounts/{org}/members/{user}", json={"role": "member"}, headers=service_headers)
+        headers = {**bearer(user_token(user)), "X-Account-Id": org}
+        usage_id = self.commit(client, headers, None, user_id="someone-else")
+        assert sql("SELECT user_id FROM creditgate.usage_events WHERE id = %s", usage_id) == [(user,)]
+
+    def test_a_long_user_id_is_422(self, client, service_headers, make_account):
+        response = client.post(
+            "/v1/gate", json=gate_body(make_account("free"), mode="commit", user_id="u" * 129), headers=service_headers
+        )
+        assert_problem(response, 422, "invalid_request")
+
+
 class TestGateAsGuest:
     def test_guests_get_the_configured_exchanges_per_session(self, client):
         session = {"X-Session-Id": f"guest-{uuid.uuid4().hex}"}

@@ -57,6 +57,7 @@ def gate(
         if not body._mode_given:
             request.update(mode="commit", idempotency_key=body.idempotency_key or uuid4().hex)
         request.pop("account_id", None)
+        request.pop("user_id", None)
         request.update(session_id=caller.session_id, client_ip=caller.client_ip)
     else:
         request["account_id"] = resolve_account(caller, ledger, body.account_id, x_account_id)

@@ -33,6 +33,12 @@ class GateRequest(Strict):
     mode: Literal["check", "reserve", "commit"] | None = None
     ttl_seconds: int | None = Field(None, ge=10, le=86_400, strict=True)
     idempotency_key: IdempotencyKey | None = None
+    user_id: str | None = Field(
+        None,
+        max_length=128,
+        description="service key only: the member of an org account who made the call, kept on a commit's "
+        "usage row (a user's JWT names its own user)",
+    )
     _mode_given: bool = PrivateAttr(False)
 
     @model_validator(mode="after")
