@@ -86,6 +86,19 @@ class TestGetTransactions:
         assert Decimal(credits[0]["balance_after"]) == total
         assert {i["kind"] for i in credits} == {"grant", "consume"}
 
+    def test_lines_say_what_they_were_for(self, client, service_headers, make_account):
+        account = make_account("free")
+        spend(client, service_headers, account, 0, feature="chat", model="gpt-4o-mini")
+        spend(client, service_headers, account, 5)
+        items = client.get(f"/v1/transactions?account_id={account}&key=credits", headers=service_headers).json()[
+            "items"
+        ]
+        charges = [(i["feature"], i["model"]) for i in items if i["kind"] == "consume"]
+        assert charges == [("ai_message", None), ("chat", "gpt-4o-mini")]
+        grants = {i["source"]: i["reason"] for i in items if i["kind"] == "grant"}
+        assert grants["welcome"] == "welcome credit"
+        assert all(i["feature"] is None for i in items if i["kind"] == "grant")
+
 
 class TestGetUsageSummary:
     def test_groups_by_model_and_feature(self, client, service_headers, make_account):

@@ -38,6 +38,10 @@ class Transaction(BaseModel):
     source: str | None = None
     usage_id: str | None = None
     external_ref: str | None = None
+    feature: str | None = Field(None, description="a charge: the feature of its usage")
+    agent: str | None = Field(None, description="a charge: the agent of its usage")
+    model: str | None = Field(None, description="a charge: the model of its usage")
+    reason: str | None = Field(None, description="a grant, or its expiry or claw-back: the grant's reason")
 
 
 class Transactions(BaseModel):
