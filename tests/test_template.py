@@ -57,6 +57,8 @@ EXTRA_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/accounts/{account_id}/lift-hold"): "admin",
     ("PUT", "/v1/accounts/{account_id}/allowances"): "admin",
     ("GET", "/v1/accounts/{account_id}/history"): "admin",
+    ("GET", "/v1/accounts"): "admin",
+    ("GET", "/v1/accounts/{account_id}"): "admin",
     ("POST", "/v1/billing-portal"): "checkout",
 }
 # Not API routes of their own, but served too: the OpenAPI document and its viewer.

@@ -27,6 +27,62 @@ class TestPutAccount:
         assert_problem(client.put("/v1/accounts/x", json={}, headers=bearer(user_token())), 403, "forbidden")
 
 
+class TestGetAccount:
+    def test_shows_the_account_and_its_members(self, client, service_headers):
+        org = f"org-{uuid.uuid4().hex[:10]}"
+        client.put(
+            f"/v1/accounts/{org}",
+            json={"plan": "pro", "owner": "org", "email": "Ops@Example.com"},
+            headers=service_headers,
+        )
+        client.put(f"/v1/accounts/{org}/members/u-1", json={"role": "owner"}, headers=service_headers)
+        body = client.get(f"/v1/accounts/{org}", headers=service_headers).json()
+        assert (body["account_id"], body["plan"]["id"], body["email"]) == (org, "pro", "Ops@Example.com")
+        assert body["members"] == [{"user_id": "u-1", "role": "owner"}]
+        assert body["balances"][0]["key"] == "credits" and isinstance(body["balances"][0]["available"], str)
+
+    def test_unknown_is_404_and_users_may_not(self, client, service_headers, make_account):
+        assert_problem(client.get("/v1/accounts/ghost-1", headers=service_headers), 404, "account_not_found")
+        assert_problem(client.get(f"/v1/accounts/{make_account()}", headers=bearer(user_token())), 403, "forbidden")
+
+
+class TestListAccounts:
+    def test_finds_by_email_in_any_case(self, client, service_headers):
+        email = f"Support.{uuid.uuid4().hex[:8]}@Example.com"
+        account = f"acct-{uuid.uuid4().hex[:10]}"
+        client.put(f"/v1/accounts/{account}", json={"plan": "free", "email": email}, headers=service_headers)
+        found = client.get("/v1/accounts", params={"email": email.upper()}, headers=service_headers).json()
+        assert [item["account_id"] for item in found["items"]] == [account]
+        assert found["items"][0]["plan"] == "free" and found["next_cursor"] is None
+
+    def test_pages_by_plan_in_id_order(self, client, service_headers, sql):
+        plan = "test_list_" + uuid.uuid4().hex[:6]
+        sql(
+            """INSERT INTO creditgate.plans (id, name, price_minor, features, agents, allowances,
+                                             rate_limit_per_minute, display_order)
+               VALUES (%s, 'List', 0, '{}', '{}', '{}', 0, 97)""",
+            plan,
+        )
+        accounts = sorted(f"list-{uuid.uuid4().hex[:10]}" for _ in range(5))
+        for account in accounts:
+            client.put(f"/v1/accounts/{account}", json={"plan": plan}, headers=service_headers)
+        seen, cursor = [], ""
+        while True:
+            page = client.get(
+                "/v1/accounts", params={"plan": plan, "limit": 2, "cursor": cursor}, headers=service_headers
+            ).json()
+            seen += [item["account_id"] for item in page["items"]]
+            if not page["next_cursor"]:
+                break
+            cursor = page["next_cursor"]
+        assert seen == accounts
+
+    def test_bad_filters_are_422_and_users_may_not(self, client, service_headers):
+        for query in ("status=gone", "limit=0", "limit=201", "plan=Not%20A%20Slug", "cursor=a%20b"):
+            assert_problem(client.get(f"/v1/accounts?{query}", headers=service_headers), 422, "invalid_request")
+        assert_problem(client.get("/v1/accounts", headers=bearer(user_token())), 403, "forbidden")
+
+
 class TestPutPlan:
     def test_the_new_allowance_replaces_the_old_one(self, client, service_headers, make_account):
         account = make_account("free")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from functions.core.accounts.schemas import (
     AccountAnswer,
+    AccountDetails,
     AccountHistory,
+    AccountList,
     AccountPut,
     AllowancesAnswer,
     AllowancesPut,
@@ -26,7 +28,7 @@ from functions.core.accounts.schemas import (
 from functions.core.deps import LedgerDep, ServiceDep
 from functions.core.openapi import IDEMPOTENT, SIGNED_IN
 from functions.core.present import cost_usd, micro_fields, micro_map
-from functions.core.schemas import AccountId, IdempotencyKey
+from functions.core.schemas import ACCOUNT_ID, AccountId, IdempotencyKey, Slug
 
 router = APIRouter(tags=["admin"], responses=SIGNED_IN)
 AccountPath = Annotated[AccountId, Path()]
@@ -49,6 +51,26 @@ def put_account(
     answer = ledger.ensure_account({"account_id": account_id, **body.model_dump(exclude_none=True)})
     response.status_code = 201 if answer["created"] else 200
     return present_account(answer)
+
+
+@router.get("/v1/accounts", response_model=AccountList)
+def list_accounts(
+    caller: ServiceDep,
+    ledger: LedgerDep,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    plan: Annotated[Slug | None, Query()] = None,
+    status: Annotated[Literal["active", "disputed"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(pattern=f"^({ACCOUNT_ID.pattern})?$")] = None,
+) -> dict:
+    """Support's lookup: accounts by email (any case), plan or status, in id order, a page at a time."""
+    request = {"email": email, "plan": plan, "status": status, "limit": limit, "cursor": cursor or None}
+    return ledger.list_accounts({k: v for k, v in request.items() if v is not None})
+
+
+@router.get("/v1/accounts/{account_id}", response_model=AccountDetails)
+def get_account(account_id: AccountPath, caller: ServiceDep, ledger: LedgerDep) -> dict:
+    return present_account(ledger.get_account(account_id))
 
 
 @router.put("/v1/accounts/{account_id}/members/{user_id}", response_model=MemberAnswer)

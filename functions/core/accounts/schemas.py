@@ -165,6 +165,31 @@ class AccountAnswer(BaseModel):
     created: bool | None = None
 
 
+class Member(BaseModel):
+    user_id: str
+    role: str
+
+
+class AccountDetails(AccountAnswer):
+    members: list[Member]
+
+
+class AccountListItem(BaseModel):
+    account_id: str
+    owner: str
+    email: str | None
+    status: str
+    plan: str
+    billing_source: str = Field(description="local, or stripe when a subscription bills it")
+    created_at: str
+    period_end: str
+
+
+class AccountList(BaseModel):
+    items: list[AccountListItem]
+    next_cursor: str | None
+
+
 class AllowancesAnswer(AccountAnswer):
     allowance_overrides: dict[str, str] | None
     allowances: dict[str, str] = Field(description="what each period grants now: the plan's with the overrides")

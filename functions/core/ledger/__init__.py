@@ -45,6 +45,12 @@ class Ledger(ABC):
     def account_history(self, account_id: str) -> dict:
         return self.rpc("creditgate_account_history", {"account_id": account_id})
 
+    def get_account(self, account_id: str) -> dict:
+        return self.rpc("creditgate_get_account", {"account_id": account_id})
+
+    def list_accounts(self, request: dict) -> dict:
+        return self.rpc("creditgate_list_accounts", request)
+
     def grant_credits(self, request: dict) -> dict:
         return self.rpc("creditgate_grant_credits", request)
 
