@@ -1,4 +1,5 @@
-"""Accounts for the app's backend: create, members, plan changes, grants, and metrics."""
+"""Accounts for the app's backend: create, look up, members, plan changes, grants, debits,
+allowances, holds and history. The admin function serves the operator's analytics too."""
 
 from __future__ import annotations
 
@@ -22,12 +23,11 @@ from functions.core.accounts.schemas import (
     MemberAnswer,
     MemberPut,
     MemberRemoved,
-    Metrics,
     PlanPut,
 )
 from functions.core.deps import LedgerDep, ServiceDep
 from functions.core.openapi import IDEMPOTENT, SIGNED_IN
-from functions.core.present import cost_usd, micro_fields, micro_map
+from functions.core.present import micro_fields, micro_map
 from functions.core.schemas import ACCOUNT_ID, AccountId, IdempotencyKey, Slug
 
 router = APIRouter(tags=["admin"], responses=SIGNED_IN)
@@ -166,25 +166,3 @@ def lift_hold(account_id: AccountPath, body: HoldLift, caller: ServiceDep, ledge
 def history(account_id: AccountPath, caller: ServiceDep, ledger: LedgerDep) -> dict:
     """Every plan and status change of the account, newest first (the last 200)."""
     return ledger.account_history(account_id)
-
-
-@router.get("/v1/admin/metrics", response_model=Metrics)
-def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict:
-    """Operator analytics over the last `days` days: usage, revenue, the funnel, top lists and `kpis`
-    (MRR/ARR, churn, conversion, margin, tokens per account per plan)."""
-    answer = ledger.metrics(days)
-    for day in answer["daily"]:
-        day["cost"] = micro_fields(day, ("cost",))["cost"]
-        day["cost_usd"] = cost_usd(day.pop("cost_pico_usd"))
-    for row in answer["accounts_over_80_percent"]:
-        row.update(micro_fields(row, ("used", "allowance")))
-    for row in answer["top_models"]:
-        row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
-    for row in answer["top_agents"] + answer["top_features"] + answer["top_accounts"]:
-        row["cost"] = micro_fields(row, ("cost",))["cost"]
-    for row in answer["top_accounts"]:
-        row["cost_usd"] = cost_usd(row.pop("cost_pico_usd"))
-    for row in answer["top_accounts"] + answer["top_features"]:
-        row["other_keys"] = micro_map(row["other_keys"])
-    answer["kpis"]["cost_usd"] = cost_usd(answer["kpis"].pop("cost_pico_usd"))
-    return answer
