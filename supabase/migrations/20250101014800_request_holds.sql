@@ -417,9 +417,11 @@ BEGIN
      WHERE id = v_res.id;
   END IF;
 
+  -- Usage reported late (or backfilled) is dated when it happened; it is charged now.
   INSERT INTO creditgate.usage_events (id, account_id, user_id, session_id, feature_id, agent_id,
     provider, model, price_id, prices, input_tokens, output_tokens, cached_input_tokens,
-    reasoning_tokens, cache_write_tokens, quantity, key, cost, cost_pico_usd, reservation_id, metadata)
+    reasoning_tokens, cache_write_tokens, quantity, key, cost, cost_pico_usd, reservation_id, metadata,
+    created_at)
   SELECT v_usage_id, v_account_id, request ->> 'user_id', request ->> 'session_id', v_feature.id,
     request ->> 'agent', coalesce(request ->> 'provider', v_price.provider), request ->> 'model', v_price.id,
     CASE WHEN v_price.id IS NOT NULL THEN jsonb_build_object(
@@ -429,7 +431,8 @@ BEGIN
       'credits_per_usd', s.credits_per_usd, 'markup_bps', s.markup_bps) END,
     v_in, v_out, v_cached, v_reasoning, v_cache_write,
     CASE WHEN v_feature.pricing_mode = 'per_unit' THEN v_quantity ELSE 0 END,
-    v_feature.balance_key, v_cost, v_pico, v_res.id, request -> 'metadata'
+    v_feature.balance_key, v_cost, v_pico, v_res.id, request -> 'metadata',
+    least(coalesce((request ->> 'occurred_at')::timestamptz, now()), now())
   FROM creditgate.settings s;
 
   -- Settling pays the actual cost from the hold in one movement of the balance; what the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import tomllib
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -377,3 +378,39 @@ class TestBatchRpcDataErrors:
         )
         assert "usage_id" in results[0]
         assert results[1]["error"]["status"] == 422 and results[1]["error"]["code"] == "invalid_request"
+
+
+class TestPostUsageOccurredAt:
+    """Usage reported late or backfilled is dated when it happened, charged as things are now."""
+
+    def test_the_usage_row_is_dated_then(self, client, service_headers, make_account, sql):
+        account = make_account("pro")
+        when = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=0)
+        answer = post_usage(
+            client, service_headers, account, feature="ai_message", quantity=5, occurred_at=when.isoformat()
+        )
+        assert answer.status_code == 201, answer.text
+        (dated,) = sql("SELECT created_at FROM creditgate.usage_events WHERE id = %s", answer.json()["usage_id"])[0]
+        assert dated == when
+        by_day = client.get(
+            f"/v1/usage?account_id={account}&group_by=day&from={(when - timedelta(days=1)).date()}",
+            headers=service_headers,
+        ).json()
+        assert [item["group"] for item in by_day["items"]] == [str(when.date())]
+        balance = client.get(f"/v1/balance?account_id={account}", headers=service_headers).json()["balances"][0]
+        assert balance["used_this_period"] == "1"  # charged now: 5 × 0.2
+
+    @pytest.mark.parametrize(
+        "occurred_at",
+        [
+            (datetime.now(UTC) + timedelta(hours=1)).isoformat(),  # the future
+            (datetime.now(UTC) - timedelta(days=91)).isoformat(),  # too far back
+            "2026-11-20T10:00:00",  # no time zone
+            "yesterday",
+        ],
+    )
+    def test_out_of_range_or_unzoned_is_422(self, client, service_headers, make_account, occurred_at):
+        response = post_usage(
+            client, service_headers, make_account(), feature="ai_message", quantity=1, occurred_at=occurred_at
+        )
+        assert_problem(response, 422, "invalid_request")

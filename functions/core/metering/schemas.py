@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from functions.core.pricing import USAGE_FORMATS, TokenUsage, UsageFormatError, normalize_usage
 from functions.core.schemas import AccountId, IdempotencyKey, ModelName, Quantity, Slug, Strict
 
 MAX_METADATA_BYTES = 8_192
+MAX_BACKDATE = timedelta(days=90)
+CLOCK_SKEW = timedelta(minutes=5)  # the caller's clock may run a little ahead of ours
 
 
 class UsageRequest(Strict):
@@ -27,6 +30,11 @@ class UsageRequest(Strict):
     session_id: str | None = Field(None, max_length=128)
     user_id: str | None = Field(None, max_length=128)
     metadata: dict[str, Any] | None = None
+    occurred_at: AwareDatetime | None = Field(
+        None,
+        description="when the call happened, for usage reported late or backfilled (up to 90 days back): "
+        "the usage row is dated then; it is charged to the balance as it is now",
+    )
 
     @model_validator(mode="after")
     def _one_account_and_one_usage(self) -> UsageRequest:
@@ -41,6 +49,10 @@ class UsageRequest(Strict):
                 self.usage = normalize_usage(self.usage_format, self.raw_usage)
             except UsageFormatError as error:
                 raise ValueError(f"raw_usage: {error}") from None
+        if self.occurred_at is not None:
+            now = datetime.now(UTC)
+            if not now - MAX_BACKDATE <= self.occurred_at <= now + CLOCK_SKEW:
+                raise ValueError("occurred_at must be within the last 90 days and not in the future")
         if self.metadata is not None and len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is limited to {MAX_METADATA_BYTES} bytes of JSON")
         return self
