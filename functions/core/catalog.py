@@ -36,6 +36,9 @@ class SettingsSection(_Item):
     alert_daily_cost_usd: Amount = "0"
     # Percent of a period's allowance used at which a notice is recorded (once each).
     allowance_notices: list[Annotated[StrictInt, Field(gt=0, le=100)]] = [75, 90, 100]
+    # Tell the operator when a day's insufficient_credits, debt_outstanding and
+    # quota_exhausted denials reach this many; 0: never.
+    alert_daily_denials: StrictInt = Field(0, ge=0, le=2_147_483_647)
 
 
 class PlanItem(_Item):
@@ -172,6 +175,7 @@ def to_document(catalog: CatalogFile) -> dict[str, Any]:
             "periods": s.periods,
             "alert_daily_cost_pico_usd": usd_to_pico(s.alert_daily_cost_usd),
             "allowance_notices": sorted(set(s.allowance_notices)),
+            "alert_daily_denials": s.alert_daily_denials,
         },
         "plans": [
             {
@@ -244,5 +248,6 @@ def apply_catalog(ledger, path: Path = DEFAULT_CATALOG) -> dict[str, Any]:
     document = to_document(load_catalog(path))
     answer = ledger.apply_catalog(document)
     # Idempotent like the rest; its own call, so the catalog RPC need not change.
-    settings = {k: document["settings"][k] for k in ("periods", "alert_daily_cost_pico_usd", "allowance_notices")}
+    forwarded = ("periods", "alert_daily_cost_pico_usd", "allowance_notices", "alert_daily_denials")
+    settings = {k: document["settings"][k] for k in forwarded}
     return answer | ledger.rpc("creditgate_apply_settings", settings)

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Query
 
+from functions.core.denials import count_denial
 from functions.core.deps import AccountHeader, CallerDep, LedgerDep, ServiceDep, SettingsDep, resolve_account
 from functions.core.errors import InvalidRequest, ProblemError
 from functions.core.gating.schemas import Entitlements, GateAllowed, GateDenied, GateRequest, ReleaseAnswer
@@ -66,6 +67,8 @@ def gate(
     try:
         return present_gate(ledger.gate(request))
     except ProblemError as denial:
+        # Before the emergency switch: what it lets through still counts as a denial.
+        count_denial(ledger, denial)
         if settings.enforcement != "monitor" or caller.kind == "guest" or denial.code not in NOT_ENFORCED:
             raise
         return not_enforced(denial, request, ledger)

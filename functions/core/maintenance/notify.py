@@ -1,9 +1,10 @@
 """Posts recorded threshold notices to the app's webhook, so it can tell its users (75 / 90 /
 100 % of an allowance, low balance), and the operator's alerts (`type: "alert.…"`: a day's
-provider cost over its threshold, guest abuse from one IP). At least once: the notices are leased in SQL, each is
-one signed POST, and only the ones the app answered 2xx are marked delivered. A failed one
-comes back when its lease ends (5 min, doubling, at most a day; ten attempts); the run
-stops at the first failure, and what it leased and did not try is due again at once.
+provider cost over its threshold, guest abuse from one IP, a model refused for having no
+price, a day's denials over their threshold). At least once: the notices are leased in SQL,
+each is one signed POST, and only the ones the app answered 2xx are marked delivered. A
+failed one comes back when its lease ends (5 min, doubling, at most a day; ten attempts);
+the run stops at the first failure, and what it leased and did not try is due again at once.
 
 Each request carries `Creditgate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 "<t>.<body>" keyed with CREDITGATE_NOTICES_WEBHOOK_SECRET>` and `Creditgate-Notice-Id`; the

@@ -17,4 +17,8 @@ class MaintenanceAnswer(BaseModel):
     batches: int = Field(1, description="bounded batches this call ran")
     notices_delivered: int = Field(0, description="notices the app's webhook took (answered 2xx)")
     notices_failed: int = Field(0, description="notices the webhook did not take; offered again later")
-    alerts: int = Field(0, description="operator alerts recorded (a day's cost over its threshold, guest abuse)")
+    alerts: int = Field(
+        0,
+        description="operator alerts recorded (a day's cost or denials over their threshold, guest abuse, "
+        "a model refused for having no price)",
+    )

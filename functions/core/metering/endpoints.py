@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from pydantic import ValidationError
 
+from functions.core.denials import count_denial
 from functions.core.deps import LedgerDep, ServiceDep
-from functions.core.errors import ledger_problem
+from functions.core.errors import ProblemError, ledger_problem
 from functions.core.metering.schemas import BatchAnswer, BatchRequest, UsageAnswer, UsageRequest
 from functions.core.openapi import IDEMPOTENT, SIGNED_IN
 from functions.core.present import cost_usd, micro_fields
@@ -34,7 +35,11 @@ def present_usage(answer: dict) -> dict:
     },
 )
 def record_usage(body: UsageRequest, caller: ServiceDep, ledger: LedgerDep, response: Response) -> dict:
-    answer = present_usage(ledger.record_usage(body.to_rpc()))
+    try:
+        answer = present_usage(ledger.record_usage(body.to_rpc()))
+    except ProblemError as denial:
+        count_denial(ledger, denial)  # unknown_model: a call that happened and went uncharged
+        raise
     if answer["replayed"]:
         response.status_code = 200
     return answer
