@@ -179,3 +179,19 @@ def available(ledger, account_id: str, key: str = "credits") -> int:
         if line["key"] == key:
             return line["available"]
     return 0
+
+
+@pytest.fixture
+def two_request_account(sql, make_account):
+    """An account on a plan with plenty of credits and two requests a period."""
+    sql(
+        """INSERT INTO creditgate.plans (id, name, price_minor, features, agents, allowances,
+                                         rate_limit_per_minute, display_order)
+           SELECT 'test_two_requests', 'Two requests', 99999800, array_agg(id), '{}',
+                  jsonb_build_object('credits', 100 * %s::bigint, 'requests', 2 * %s::bigint), 0, 98
+           FROM creditgate.features
+           ON CONFLICT (id) DO UPDATE SET active = true""",
+        MICRO,
+        MICRO,
+    )
+    return make_account("test_two_requests")

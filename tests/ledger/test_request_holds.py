@@ -14,22 +14,6 @@ from tests.conftest import MICRO
 from tests.maintenance.helpers import drain
 
 
-@pytest.fixture
-def two_requests(sql, make_account):
-    """An account with plenty of credits and two requests a period."""
-    sql(
-        """INSERT INTO creditgate.plans (id, name, price_minor, features, agents, allowances,
-                                         rate_limit_per_minute, display_order)
-           SELECT 'test_two_requests', 'Two requests', 99999800, array_agg(id), '{}',
-                  jsonb_build_object('credits', 100 * %s::bigint, 'requests', 2 * %s::bigint), 0, 98
-           FROM creditgate.features
-           ON CONFLICT (id) DO UPDATE SET active = true""",
-        MICRO,
-        MICRO,
-    )
-    return make_account("test_two_requests")
-
-
 def reserve(ledger, account: str) -> dict:
     return ledger.gate(
         {
@@ -72,9 +56,9 @@ def assert_reconciled(ledger, account: str) -> None:
 
 
 class TestReserve:
-    def test_holds_one_request(self, ledger, two_requests, sql):
-        hold = reserve(ledger, two_requests)
-        assert requests(ledger, two_requests) == {
+    def test_holds_one_request(self, ledger, two_request_account, sql):
+        hold = reserve(ledger, two_request_account)
+        assert requests(ledger, two_request_account) == {
             "available": MICRO,
             "reserved": MICRO,
             "used_this_period": 0,
@@ -82,22 +66,22 @@ class TestReserve:
         }
         _, key, amount, status = request_hold(sql, hold["id"])
         assert (key, amount, status) == ("requests", MICRO, "active")
-        assert_reconciled(ledger, two_requests)
+        assert_reconciled(ledger, two_request_account)
 
-    def test_open_holds_cannot_pass_the_quota(self, ledger, two_requests):
-        reserve(ledger, two_requests)
-        reserve(ledger, two_requests)
+    def test_open_holds_cannot_pass_the_quota(self, ledger, two_request_account):
+        reserve(ledger, two_request_account)
+        reserve(ledger, two_request_account)
         with pytest.raises(ProblemError) as denied:
-            reserve(ledger, two_requests)
+            reserve(ledger, two_request_account)
         assert denied.value.code == "quota_exhausted"
-        assert_reconciled(ledger, two_requests)
+        assert_reconciled(ledger, two_request_account)
 
-    def test_concurrent_reserves_take_exactly_the_quota(self, ledger, two_requests):
+    def test_concurrent_reserves_take_exactly_the_quota(self, ledger, two_request_account):
         allowed, refused = [], []
 
         def one() -> None:
             try:
-                allowed.append(reserve(ledger, two_requests))
+                allowed.append(reserve(ledger, two_request_account))
             except ProblemError as error:
                 refused.append(error.code)
 
@@ -107,48 +91,48 @@ class TestReserve:
         for thread in threads:
             thread.join()
         assert len(allowed) == 2 and refused == ["quota_exhausted"] * 14
-        assert requests(ledger, two_requests)["reserved"] == 2 * MICRO
-        assert_reconciled(ledger, two_requests)
+        assert requests(ledger, two_request_account)["reserved"] == 2 * MICRO
+        assert_reconciled(ledger, two_request_account)
 
 
 class TestSettle:
-    def test_counts_the_held_request(self, ledger, two_requests, sql):
-        hold = reserve(ledger, two_requests)
-        answer = settle(ledger, two_requests, hold["id"])
+    def test_counts_the_held_request(self, ledger, two_request_account, sql):
+        hold = reserve(ledger, two_request_account)
+        answer = settle(ledger, two_request_account, hold["id"])
         assert answer["overdraft"] is False
-        assert requests(ledger, two_requests) == {
+        assert requests(ledger, two_request_account) == {
             "available": MICRO,
             "reserved": 0,
             "used_this_period": MICRO,
             "debt": 0,
         }
         assert request_hold(sql, hold["id"])[3] == "settled"
-        assert_reconciled(ledger, two_requests)
+        assert_reconciled(ledger, two_request_account)
 
-    def test_of_a_released_hold_counts_the_request_once(self, ledger, two_requests):
-        hold = reserve(ledger, two_requests)
+    def test_of_a_released_hold_counts_the_request_once(self, ledger, two_request_account):
+        hold = reserve(ledger, two_request_account)
         ledger.release_reservation({"reservation_id": hold["id"]})
-        settle(ledger, two_requests, hold["id"])
+        settle(ledger, two_request_account, hold["id"])
         with pytest.raises(ProblemError) as again:
-            settle(ledger, two_requests, hold["id"])
+            settle(ledger, two_request_account, hold["id"])
         assert again.value.code == "reservation_settled"
-        assert requests(ledger, two_requests)["used_this_period"] == MICRO
-        assert requests(ledger, two_requests)["available"] == MICRO
-        assert_reconciled(ledger, two_requests)
+        assert requests(ledger, two_request_account)["used_this_period"] == MICRO
+        assert requests(ledger, two_request_account)["available"] == MICRO
+        assert_reconciled(ledger, two_request_account)
 
-    def test_of_a_released_hold_past_the_quota_is_debt(self, ledger, two_requests):
-        first = reserve(ledger, two_requests)
+    def test_of_a_released_hold_past_the_quota_is_debt(self, ledger, two_request_account):
+        first = reserve(ledger, two_request_account)
         ledger.release_reservation({"reservation_id": first["id"]})
-        reserve(ledger, two_requests)
-        reserve(ledger, two_requests)  # the quota is held by two open calls now
-        answer = settle(ledger, two_requests, first["id"])  # the first call happened after all
+        reserve(ledger, two_request_account)
+        reserve(ledger, two_request_account)  # the quota is held by two open calls now
+        answer = settle(ledger, two_request_account, first["id"])  # the first call happened after all
         assert answer["overdraft"] is True
-        assert requests(ledger, two_requests)["debt"] == MICRO
-        assert_reconciled(ledger, two_requests)
+        assert requests(ledger, two_request_account)["debt"] == MICRO
+        assert_reconciled(ledger, two_request_account)
 
-    def test_of_a_hold_made_before_requests_were_held_counts_nothing_more(self, ledger, two_requests, sql):
+    def test_of_a_hold_made_before_requests_were_held_counts_nothing_more(self, ledger, two_request_account, sql):
         """A hold from before sql/108 counted its request at the gate and has no request hold."""
-        hold = reserve(ledger, two_requests)
+        hold = reserve(ledger, two_request_account)
         _, _, amount, _ = request_hold(sql, hold["id"])
         # Turn it into such a hold: the request consumed from its hold, the request hold gone.
         sql(
@@ -157,53 +141,53 @@ class TestSettle:
             hold["id"],
         )
         sql("DELETE FROM creditgate.reservations WHERE parent_id = %s", hold["id"])
-        assert requests(ledger, two_requests)["used_this_period"] == amount
+        assert requests(ledger, two_request_account)["used_this_period"] == amount
 
-        settle(ledger, two_requests, hold["id"])
+        settle(ledger, two_request_account, hold["id"])
 
-        assert requests(ledger, two_requests)["used_this_period"] == amount
-        assert_reconciled(ledger, two_requests)
+        assert requests(ledger, two_request_account)["used_this_period"] == amount
+        assert_reconciled(ledger, two_request_account)
 
 
 class TestRelease:
-    def test_gives_the_request_back(self, ledger, two_requests, sql):
+    def test_gives_the_request_back(self, ledger, two_request_account, sql):
         for _ in range(5):  # a failing model: every call released
-            hold = reserve(ledger, two_requests)
+            hold = reserve(ledger, two_request_account)
             ledger.release_reservation({"reservation_id": hold["id"]})
             assert request_hold(sql, hold["id"])[3] == "released"
-        assert requests(ledger, two_requests) == {
+        assert requests(ledger, two_request_account) == {
             "available": 2 * MICRO,
             "reserved": 0,
             "used_this_period": 0,
             "debt": 0,
         }
-        reserve(ledger, two_requests)
-        reserve(ledger, two_requests)
-        assert_reconciled(ledger, two_requests)
+        reserve(ledger, two_request_account)
+        reserve(ledger, two_request_account)
+        assert_reconciled(ledger, two_request_account)
 
-    def test_twice_gives_it_back_once(self, ledger, two_requests):
-        hold = reserve(ledger, two_requests)
+    def test_twice_gives_it_back_once(self, ledger, two_request_account):
+        hold = reserve(ledger, two_request_account)
         ledger.release_reservation({"reservation_id": hold["id"]})
         assert ledger.release_reservation({"reservation_id": hold["id"]})["released"] == 0
-        assert requests(ledger, two_requests)["available"] == 2 * MICRO
-        assert_reconciled(ledger, two_requests)
+        assert requests(ledger, two_request_account)["available"] == 2 * MICRO
+        assert_reconciled(ledger, two_request_account)
 
-    def test_the_request_hold_cannot_be_named(self, ledger, two_requests, sql):
-        hold = reserve(ledger, two_requests)
+    def test_the_request_hold_cannot_be_named(self, ledger, two_request_account, sql):
+        hold = reserve(ledger, two_request_account)
         request_hold_id = str(request_hold(sql, hold["id"])[0])
         with pytest.raises(ProblemError) as released:
             ledger.release_reservation({"reservation_id": request_hold_id})
         assert released.value.code == "reservation_not_found"
         with pytest.raises(ProblemError) as settled:
-            settle(ledger, two_requests, request_hold_id)
+            settle(ledger, two_request_account, request_hold_id)
         assert settled.value.code == "reservation_not_found"
         assert request_hold(sql, hold["id"])[3] == "active"
 
 
 class TestExpiry:
-    def test_maintenance_gives_the_request_back_and_counts_one_hold(self, ledger, two_requests, sql):
+    def test_maintenance_gives_the_request_back_and_counts_one_hold(self, ledger, two_request_account, sql):
         drain(ledger)
-        hold = reserve(ledger, two_requests)
+        hold = reserve(ledger, two_request_account)
         sql("UPDATE creditgate.reservations SET expires_at = now() - interval '1 second' WHERE id = %s", hold["id"])
         sql(
             "UPDATE creditgate.reservations SET expires_at = now() - interval '1 second' WHERE parent_id = %s",
@@ -213,6 +197,6 @@ class TestExpiry:
         assert ledger.run_maintenance({})["reservations_expired"] == 1
 
         assert request_hold(sql, hold["id"])[3] == "expired"
-        assert requests(ledger, two_requests)["available"] == 2 * MICRO
-        assert requests(ledger, two_requests)["reserved"] == 0
-        assert_reconciled(ledger, two_requests)
+        assert requests(ledger, two_request_account)["available"] == 2 * MICRO
+        assert requests(ledger, two_request_account)["reserved"] == 0
+        assert_reconciled(ledger, two_request_account)
