@@ -93,8 +93,8 @@ $$;
 
 -- Takes back, per key, what is left of the allowance the invoice's period granted (its
 -- reinstatements, ':back:', give back the same allowance and are not counted again), up to
--- the invoice's refunded share of it less what its refunds took before; never more than
--- is available (a hold keeps its part) and never as debt. Only while that allowance runs:
+-- the invoice's refunded share of it less what its refunds took before; never what an open
+-- hold keeps of it, and never as debt. Only while that allowance runs:
 -- the account on the plan and period, the grant not past its time. What is taken is
 -- recorded on the refund of `p_charge_id`. The caller holds the account's lock.
 CREATE FUNCTION creditgate.claw_back_invoice(p_invoice_id text, p_account_id text, p_paid bigint, p_plan text,
@@ -138,14 +138,29 @@ BEGIN
         AND period_start = p_start AND live AND (expires_at IS NULL OR expires_at > now())
       ORDER BY remaining DESC, id
     LOOP
-      SELECT least(v_due, v_grant.remaining, available) INTO v_take
-      FROM creditgate.balances WHERE account_id = p_account_id AND key = k.key;
+      -- Only the part of the grant no open hold covers: holds take grants in burn order, so
+      -- what is reserved covers the grants up to this one first (as in expirable).
+      SELECT least(v_due, v_grant.remaining, b.available, greatest(
+               (SELECT coalesce(sum(o.remaining), 0) FROM creditgate.grants o
+                WHERE o.account_id = p_account_id AND o.key = k.key AND o.live
+                  AND (o.priority, o.expires_at, o.id) <= (v_grant.priority, v_grant.expires_at, v_grant.id))
+               - b.reserved, 0))
+      INTO v_take
+      FROM creditgate.balances b WHERE b.account_id = p_account_id AND b.key = k.key;
       EXIT WHEN v_take <= 0;
       PERFORM creditgate.claw_back(p_account_id, v_grant.external_ref, v_take, p_charge_id, k.key);
       v_done := v_done || jsonb_build_object(k.key, coalesce((v_done ->> k.key)::bigint, 0) + v_take);
       v_due := v_due - v_take;
       EXIT WHEN v_due <= 0;
     END LOOP;
+    IF v_due > 0 AND v_refunded >= p_paid THEN
+      -- Refunded in full while open holds keep part of it: the allowance ends now. Those
+      -- holds' calls (under way) may still spend what they keep; the rest expires as
+      -- they end (98_expiry_and_holds.sql).
+      UPDATE creditgate.grants SET expires_at = now()
+       WHERE account_id = p_account_id AND key = k.key AND source = 'allowance' AND plan_id = p_plan
+         AND period_start = p_start AND live AND expires_at > now();
+    END IF;
     v_spent := v_spent OR NOT (v_done ? k.key);
   END LOOP;
   IF v_done <> '{}' THEN

@@ -63,13 +63,23 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
            CASE p.billing_interval WHEN 'year' THEN p.price_minor / 12 ELSE p.price_minor END AS monthly
     FROM creditgate.accounts a JOIN creditgate.plans p ON p.id = a.plan_id
     WHERE p.price_minor > 0 AND (a.billing_source = 'local' OR a.stripe_subscription_id IS NOT NULL)
-  ), paying_at_start AS (
+  ), payers_at_start AS (
     -- An account's plan when the window began is the last plan change before it.
-    SELECT count(*) AS n
-    FROM (SELECT DISTINCT ON (c.account_id) c.new_value FROM creditgate.account_changes c, span
+    SELECT h.account_id
+    FROM (SELECT DISTINCT ON (c.account_id) c.account_id, c.new_value FROM creditgate.account_changes c, span
           WHERE c.field = 'plan' AND c.at < span.since ORDER BY c.account_id, c.at DESC, c.id DESC) h
     JOIN creditgate.plans p ON p.id = h.new_value
     WHERE p.price_minor > 0
+  ), paying_at_start AS (
+    -- The churn rate is of these accounts only: one that began paying inside the window
+    -- and left again is churn, but not of the accounts the window began with.
+    SELECT (SELECT count(*) FROM payers_at_start) AS n,
+           (SELECT count(DISTINCT c.account_id) FROM creditgate.account_changes c
+            JOIN span ON c.at >= span.since
+            JOIN creditgate.plans o ON o.id = c.old_value
+            JOIN creditgate.plans n ON n.id = c.new_value
+            WHERE c.field = 'plan' AND o.price_minor > 0 AND n.price_minor = 0
+              AND c.account_id IN (SELECT account_id FROM payers_at_start)) AS churned
   ), moves AS (
     SELECT count(*) FILTER (WHERE c.old_value IS NULL) AS new_accounts,
            count(DISTINCT c.account_id) FILTER (WHERE o.price_minor = 0 AND n.price_minor > 0) AS free_to_paid,
@@ -138,7 +148,8 @@ RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
        'mrr_minor', mrr, 'arr_minor', 12 * mrr,
        'mrr_minor_by_billing', jsonb_build_object('stripe', stripe_mrr, 'local', mrr - stripe_mrr),
        'paying_accounts', paying_now, 'paying_accounts_at_start', at_start.n, 'churned', mv.churned,
-       'churn_rate', CASE WHEN at_start.n > 0 THEN round(mv.churned::numeric / at_start.n, 4)::text END,
+       'churned_from_start', at_start.churned,
+       'churn_rate', CASE WHEN at_start.n > 0 THEN round(at_start.churned::numeric / at_start.n, 4)::text END,
        'conversion', jsonb_build_object(
          'guest_sessions', (SELECT coalesce(sum(sessions), 0) FROM guests),
          'new_accounts', mv.new_accounts, 'free_to_paid', mv.free_to_paid),

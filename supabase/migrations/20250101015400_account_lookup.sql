@@ -5,14 +5,15 @@
 
 CREATE INDEX accounts_email ON creditgate.accounts (lower(email)) WHERE email IS NOT NULL;
 
+-- Read as the balance read reads it: a period that ended rolls and grants past their time
+-- expire first (current_account), so support sees what the user can spend.
 CREATE FUNCTION public.creditgate_get_account(request jsonb)
-RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = '' AS $$
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
-  v_answer jsonb := creditgate.account_summary(request ->> 'account_id');
+  v_answer jsonb;
 BEGIN
-  IF v_answer IS NULL THEN
-    PERFORM creditgate.fail(404, 'account_not_found', jsonb_build_object('account_id', request ->> 'account_id'));
-  END IF;
+  PERFORM creditgate.current_account(request ->> 'account_id');
+  v_answer := creditgate.account_summary(request ->> 'account_id');
   RETURN v_answer || jsonb_build_object(
     'members', (SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', user_id, 'role', role) ORDER BY user_id), '[]')
                 FROM creditgate.account_members WHERE account_id = request ->> 'account_id'));

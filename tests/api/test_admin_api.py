@@ -41,6 +41,17 @@ class TestGetAccount:
         assert body["members"] == [{"user_id": "u-1", "role": "owner"}]
         assert body["balances"][0]["key"] == "credits" and isinstance(body["balances"][0]["available"], str)
 
+    def test_shows_what_the_balance_read_shows(self, client, service_headers, make_account, ledger, sql):
+        from tests.conftest import grant
+
+        account = make_account("free")
+        promo = grant(ledger, account, 7, source="promo", expires_at="2999-01-01T00:00:00Z")
+        sql("UPDATE creditgate.grants SET expires_at = now() - interval '1 second' WHERE id = %s", promo["grant_id"])
+        shown = client.get(f"/v1/accounts/{account}", headers=service_headers).json()["balances"]
+        read = client.get(f"/v1/balance?account_id={account}", headers=service_headers).json()["balances"]
+        credits = [next(b["available"] for b in lines if b["key"] == "credits") for lines in (shown, read)]
+        assert credits == ["150", "150"]  # the expired promo is gone from both
+
     def test_unknown_is_404_and_users_may_not(self, client, service_headers, make_account):
         assert_problem(client.get("/v1/accounts/ghost-1", headers=service_headers), 404, "account_not_found")
         assert_problem(client.get(f"/v1/accounts/{make_account()}", headers=bearer(user_token())), 403, "forbidden")

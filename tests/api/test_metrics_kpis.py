@@ -88,7 +88,9 @@ def test_churn_is_paid_to_free_over_the_accounts_paying_when_the_window_began(
 
     assert after["churned"] - before["churned"] == 2
     assert after["paying_accounts_at_start"] - before["paying_accounts_at_start"] == 2
-    assert after["churn_rate"] == ratio(after["churned"], after["paying_accounts_at_start"])
+    # Of the two that left, only one was paying when the window began: the rate is of those.
+    assert after["churned_from_start"] - before["churned_from_start"] == 1
+    assert after["churn_rate"] == ratio(after["churned_from_start"], after["paying_accounts_at_start"])
 
 
 def test_conversion_counts_guests_new_accounts_and_free_to_paid_once_each(

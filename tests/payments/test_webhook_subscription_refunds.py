@@ -365,3 +365,37 @@ def test_a_payment_link_pack_refund_needs_no_invoice_permission(settings, ledger
             assert deliver(client, fake, refund[0]).status_code == 200
             assert credits(ledger, account) == (before, 0)
             assert_reconciled(ledger, account)
+
+
+def hold_of(ledger, account, credits_: int) -> str:
+    return ledger.gate(
+        {
+            "account_id": account,
+            "feature": "vm_minute",  # 1 credit a minute
+            "mode": "reserve",
+            "estimate": {"quantity": credits_},
+            "idempotency_key": new_key(),
+        }
+    )["reservation"]["id"]
+
+
+def test_a_full_refund_while_a_hold_is_open_ends_the_allowance_and_leaves_other_credits(
+    stripe_http, fake, make_account, service_headers, ledger, welcome
+):
+    """An open hold keeps the allowance it covers: what the call spends of it was used; the
+    rest expires when the hold ends. The welcome credit is never taken."""
+    for ends in ("settled", "released"):
+        account = make_account()
+        _, events = subscribe(stripe_http, fake, service_headers, account)
+        deliver_all(stripe_http, fake, events)
+        hold = hold_of(ledger, account, 1_520)  # the whole allowance and 20 of the welcome credit
+        deliver_all(stripe_http, fake, fake.refund(paid_invoice(events)["charge"]))
+        assert_reconciled(ledger, account)
+        if ends == "settled":
+            body = {"reservation_id": hold, "feature": "vm_minute", "quantity": 1_520, "idempotency_key": new_key()}
+            ledger.record_usage(body)
+            assert credits(ledger, account) == (welcome - 20 * MICRO, 0)
+        else:
+            ledger.release_reservation({"reservation_id": hold})
+            assert credits(ledger, account) == (welcome, 0)
+        assert_reconciled(ledger, account)

@@ -31,7 +31,8 @@ class Kpis(BaseModel):
     paying_accounts: int = Field(description="the accounts mrr_minor counts")
     paying_accounts_at_start: int = Field(description="accounts on a priced plan when the window began")
     churned: int = Field(description="accounts that moved from a priced plan to a free one in the window")
-    churn_rate: str | None = Field(description="churned / paying_accounts_at_start")
+    churned_from_start: int = Field(description="of those, the accounts that were paying when the window began")
+    churn_rate: str | None = Field(description="churned_from_start / paying_accounts_at_start")
     conversion: Conversion
     revenue_minor: int = Field(description="packs and subscriptions, net of refunds")
     cost_usd: str = Field(description="provider cost of the window's usage")
@@ -55,7 +56,7 @@ class Metrics(BaseModel):
         description="per day: guest_sessions, guest_exchanges, new_accounts, upgrades, downgrades"
     )
     currency: str
-    revenue_minor: dict[str, int] = Field(description="packs, subscriptions (every paid invoice)")
+    revenue_minor: dict[str, int] = Field(description="packs, subscriptions (every paid invoice), net of refunds")
     accounts_by_plan: dict[str, int]
     top_accounts: list[dict[str, Any]] = Field(description="the 20 that spent most credits: requests, cost, cost_usd")
     accounts_over_80_percent: list[dict[str, Any]] = Field(description="account_id, key, used, allowance")
