@@ -187,6 +187,7 @@ def test_gate_denials_are_problems_with_what_unlocks_them(adapter, welcome):
         "name": "Growth",
         "price": "49.00",
         "currency": "usd",
+        "key": "credits",
         "credits": "6000",
         "bonus_credits": "500",
     }

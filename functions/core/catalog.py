@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from functions.core.money import PRICE_FIELDS, major_to_minor, to_micro, usd_per_mtok_to_micro, usd_to_pico
+from functions.core.schemas import Slug
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "catalog.toml"
 Amount = str  # decimal strings in the file; TOML floats would round
@@ -60,6 +61,8 @@ class PackItem(_Item):
     name: str
     price: Amount
     currency: str = "usd"
+    # The balance key the pack tops up: credits, or a quota some plan or feature meters.
+    key: Slug = "credits"
     credits: Amount
     bonus_credits: Amount = "0"
     stripe_price_id: str = ""
@@ -146,6 +149,14 @@ class CatalogFile(_Item):
                 raise ValueError(f"plan {plan.id!r} names unknown features {sorted(missing)}")
             if missing := set(plan.agents) - agents:
                 raise ValueError(f"plan {plan.id!r} names unknown agents {sorted(missing)}")
+        keys = {"credits"} | {k for p in self.plans for k in p.allowances}
+        keys |= {k for f in self.features for k in (f.balance_key, f.requests_key) if k}
+        for pack in self.packs:
+            if pack.key not in keys:
+                raise ValueError(
+                    f"pack {pack.id!r} tops up unknown key {pack.key!r}: use 'credits' or a key a plan's "
+                    f"allowances or a feature's balance_key names ({', '.join(sorted(keys))})"
+                )
         if not any(p.id == "free" for p in self.plans):
             raise ValueError("a plan with id 'free' is required: new accounts start on it")
         return self
@@ -199,6 +210,7 @@ def to_document(catalog: CatalogFile) -> dict[str, Any]:
                 "name": p.name,
                 "price_minor": major_to_minor(p.price, p.currency),
                 "currency": p.currency,
+                "key": p.key,
                 "credits": to_micro(p.credits),
                 "bonus_credits": to_micro(p.bonus_credits, allow_zero=True),
                 "stripe_price_id": p.stripe_price_id,
@@ -250,4 +262,5 @@ def apply_catalog(ledger, path: Path = DEFAULT_CATALOG) -> dict[str, Any]:
     # Idempotent like the rest; its own call, so the catalog RPC need not change.
     forwarded = ("periods", "alert_daily_cost_pico_usd", "allowance_notices", "alert_daily_denials")
     settings = {k: document["settings"][k] for k in forwarded}
+    settings["pack_keys"] = {p["id"]: p["key"] for p in document["packs"]}
     return answer | ledger.rpc("creditgate_apply_settings", settings)

@@ -43,6 +43,7 @@ def pack(p: dict[str, Any]) -> dict[str, Any]:
         "name": p["name"],
         "price": minor_to_major(p["price_minor"], p["currency"]),
         "currency": p["currency"],
+        "key": p.get("key", "credits"),
         "credits": format_micro(p["credits"]),
         "bonus_credits": format_micro(p["bonus_credits"]),
     }

@@ -88,6 +88,7 @@ class TestPostGate:
             "name": "Growth",
             "price": "49.00",
             "currency": "usd",
+            "key": "credits",
             "credits": "6000",
             "bonus_credits": "500",
         }

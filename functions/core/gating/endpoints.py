@@ -23,7 +23,7 @@ DENIALS = {
     402: {
         "model": GateDenied,
         "description": "insufficient_credits / debt_outstanding (packs help) / quota_exhausted (a plan's "
-        "requests, tokens or other quota: upgrade_to, resets_at)",
+        "requests, tokens or other quota: upgrade_to, resets_at, and packs of that key if any)",
     },
     403: {"model": GateDenied, "description": "feature_not_in_plan / agent_not_in_plan"},
     429: {"model": GateDenied, "description": "rate_limited / guest_limit_reached"},

@@ -68,7 +68,7 @@ def event_payload(event: dict[str, Any]) -> bytes:
 def page(order: dict[str, Any]) -> str:
     what = order["name"] or order["item"]
     if order["kind"] == "pack":
-        detail = f"{format_micro(order['credits'])} credits"
+        detail = f"{format_micro(order['credits'])} {order.get('key') or 'credits'}"
     else:
         detail = f"{order['item']} plan, billed every {order['interval'] or 'month'}"
     price = f"{minor_to_major(order['amount_minor'], order['currency'])} {order['currency'].upper()}"

@@ -110,6 +110,7 @@ class CatalogPack(BaseModel):
     name: str
     price: str
     currency: str
+    key: str = Field("credits", description="the balance key the pack tops up: credits, or a plan's quota")
     credits: str
     bonus_credits: str
 
