@@ -269,8 +269,17 @@ BEGIN
     alert_daily_denials = coalesce((request ->> 'alert_daily_denials')::integer, 0);
   -- Only when given: the tests and tools that set one setting must not reset the packs.
   IF request ? 'pack_keys' THEN
-    UPDATE creditgate.packs p SET key = coalesce(request -> 'pack_keys' ->> p.id, 'credits')
-     WHERE p.key IS DISTINCT FROM coalesce(request -> 'pack_keys' ->> p.id, 'credits');
+    IF jsonb_typeof(request -> 'pack_keys') <> 'object' OR EXISTS (
+         SELECT 1 FROM jsonb_each(request -> 'pack_keys') e
+         WHERE jsonb_typeof(e.value) <> 'string' OR NOT creditgate.known_key(e.value #>> '{}')) THEN
+      PERFORM creditgate.fail(422, 'invalid_request', jsonb_build_object('errors', jsonb_build_array(
+        jsonb_build_object('loc', jsonb_build_array('body', 'pack_keys'),
+                           'msg', 'pack_keys maps pack ids to balance keys a plan or feature meters'))));
+    END IF;
+    -- Only the packs listed: one the catalog retired keeps the key it was sold on, since a
+    -- checkout of it may still complete.
+    UPDATE creditgate.packs p SET key = request -> 'pack_keys' ->> p.id
+     WHERE request -> 'pack_keys' ? p.id AND p.key IS DISTINCT FROM request -> 'pack_keys' ->> p.id;
   END IF;
   RETURN (SELECT jsonb_build_object('periods', period_mode, 'alert_daily_cost_pico_usd', alert_daily_cost_pico_usd,
                                     'allowance_notices', to_jsonb(allowance_notice_percents),

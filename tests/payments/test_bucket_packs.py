@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from functions.core.catalog import DEFAULT_CATALOG, apply_catalog
+from functions.core.errors import ProblemError
 from tests.api.helpers import assert_problem
 from tests.payments.conftest import MICRO, assert_reconciled, checkout, credits, deliver_all, new_key
 
@@ -161,3 +162,37 @@ def test_the_catalog_applies_a_packs_key_shows_it_and_refuses_an_unknown_one(cli
         # Applying a catalog retires plans it does not list: the suite's own test plans.
         sql("UPDATE creditgate.plans SET active = true WHERE id = ANY(%s)", test_plans)
     assert sql("SELECT active FROM creditgate.packs WHERE id = %s", PACK) == [(False,)]
+
+
+def test_a_pack_the_catalog_retires_still_grants_the_key_it_was_sold_on(
+    client, service_headers, make_account, ledger, sql, tmp_path
+):
+    """A checkout begun before the apply that retires its pack completes after it."""
+    good = tmp_path / "catalog.toml"
+    good.write_text(_bucket_catalog("lead_generation"))
+    test_plans = [r[0] for r in sql("SELECT id FROM creditgate.plans WHERE id LIKE 'test\\_%%' AND active")]
+    try:
+        apply_catalog(ledger, good)
+        account = make_account("pro")
+        before_credits, before_leads = credits(ledger, account), leads(ledger, account)
+        body = checkout(client, service_headers, account, key=new_key(), pack=PACK).json()
+        apply_catalog(ledger)  # the pack is retired while the buyer is on the checkout page
+        assert client.post(local_path(body["checkout_url"]), follow_redirects=False).status_code == 303
+        assert leads(ledger, account) == (before_leads[0] + LEADS, 0)
+        assert credits(ledger, account) == before_credits
+        assert_reconciled(ledger, account)
+    finally:
+        apply_catalog(ledger)
+        sql("UPDATE creditgate.plans SET active = true WHERE id = ANY(%s)", test_plans)
+
+
+@pytest.mark.parametrize(
+    "pack_keys",
+    [{"starter": 5}, {"growth": {"a": 1}}, {"starter": "lead_genration"}, "credits", ["credits"], None],
+)
+def test_the_settings_rpc_refuses_pack_keys_it_cannot_keep(ledger, sql, pack_keys):
+    before = sql("SELECT id, key FROM creditgate.packs ORDER BY id")
+    with pytest.raises(ProblemError) as refused:
+        ledger.rpc("creditgate_apply_settings", {"pack_keys": pack_keys})
+    assert (refused.value.status, refused.value.code) == (422, "invalid_request")
+    assert sql("SELECT id, key FROM creditgate.packs ORDER BY id") == before
