@@ -309,4 +309,16 @@ BEGIN
 END
 $$;
 
+-- The account's orders of 70_reads.sql: a pack order says the key it tops up.
+CREATE OR REPLACE FUNCTION public.creditgate_orders(request jsonb)
+RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
+  SELECT jsonb_build_object('items', coalesce(jsonb_agg(jsonb_build_object(
+      'order_id', o.id, 'kind', o.kind, 'item', o.item_id, 'status', o.status, 'amount_minor', o.amount_minor,
+      'currency', o.currency, 'credits', o.credits, 'refunded_minor', o.refunded_minor,
+      'key', CASE WHEN o.kind = 'pack' THEN creditgate.order_key(o) END,
+      'checkout_session_id', o.stripe_session_id, 'created_at', o.created_at, 'updated_at', o.updated_at)
+    ORDER BY o.created_at DESC), '[]'))
+  FROM creditgate.orders o WHERE o.account_id = request ->> 'account_id';
+$$;
+
 SELECT creditgate.secure();

@@ -56,6 +56,8 @@ def test_a_simulated_purchase_tops_up_the_packs_key_not_credits(
     assert client.post(local_path(body["checkout_url"]), follow_redirects=False).status_code == 303
     assert leads(ledger, account) == (before_leads[0] + LEADS, 0)
     assert credits(ledger, account) == before_credits
+    orders = client.get(f"/v1/orders?account_id={account}", headers=service_headers).json()["items"]
+    assert [(o["item"], o["key"], o["credits"]) for o in orders] == [(lead_pack, "lead_generation", "30")]
     assert_reconciled(ledger, account)
 
 

@@ -83,7 +83,8 @@ class Order(BaseModel):
     status: str
     amount: str
     currency: str
-    credits: str
+    credits: str = Field(description="what the order grants, in units of its key")
+    key: str | None = Field(None, description="a pack order: the balance key it tops up")
     checkout_session_id: str | None = None
     created_at: str
     updated_at: str
