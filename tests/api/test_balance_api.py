@@ -101,6 +101,26 @@ class TestGetTransactions:
 
 
 class TestGetUsageSummary:
+    def test_groups_by_a_metadata_field(self, client, service_headers, make_account):
+        account = make_account("pro")
+        for workflow in ("beams", "beams", "slabs", None):
+            body = {"account_id": account, "feature": "ai_message", "quantity": 5, "idempotency_key": uuid.uuid4().hex}
+            if workflow:
+                body["metadata"] = {"workflow_id": workflow, "discipline": "structural"}
+            assert client.post("/v1/usage", json=body, headers=service_headers).status_code == 201
+        summary = client.get(
+            f"/v1/usage?account_id={account}&group_by=metadata.workflow_id", headers=service_headers
+        ).json()
+        assert summary["group_by"] == "metadata.workflow_id"
+        assert [(i["group"], i["requests"], i["cost"]) for i in summary["items"]] == [
+            ("", 1, "1"),
+            ("beams", 2, "2"),
+            ("slabs", 1, "1"),
+        ]
+        for bad in ("metadata.", "metadata.a b", "metadata." + "x" * 65, "meta.workflow_id", "metadata.x;drop"):
+            response = client.get(f"/v1/usage?account_id={account}&group_by={bad}", headers=service_headers)
+            assert_problem(response, 422, "invalid_request")
+
     def test_groups_by_model_and_feature(self, client, service_headers, make_account):
         account = make_account("pro")
         spend(client, service_headers, account, 0, feature="chat", model="gpt-4o-mini")

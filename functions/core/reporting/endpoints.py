@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -53,7 +53,13 @@ def usage_summary(
     account_id: AccountQuery = None,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: Annotated[datetime | None, Query()] = None,
-    group_by: Literal["day", "model", "feature", "agent", "user"] = "day",
+    group_by: Annotated[
+        str,
+        Query(
+            pattern=r"^(day|model|feature|agent|user|metadata\.[A-Za-z0-9_-]{1,64})$",
+            description="day, model, feature, agent, user, or metadata.<field> (a field of the usage's metadata)",
+        ),
+    ] = "day",
     x_account_id: AccountHeader = None,
 ) -> dict:
     target = resolve_account(caller, ledger, account_id, x_account_id, "query")
