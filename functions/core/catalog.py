@@ -52,6 +52,8 @@ class PlanItem(_Item):
     features: list[str] = []
     agents: list[str] = []
     rate_limit_per_minute: StrictInt = Field(0, ge=0)
+    # Per member of an account (each user's calls in their own window); 0: none.
+    rate_limit_per_member: StrictInt = Field(0, ge=0, le=999_999_999)
     display_order: StrictInt = 0
     description: str | None = None
 
@@ -200,6 +202,7 @@ def to_document(catalog: CatalogFile) -> dict[str, Any]:
                 "features": p.features,
                 "agents": p.agents,
                 "rate_limit_per_minute": p.rate_limit_per_minute,
+                "rate_limit_per_member": p.rate_limit_per_member,
                 "display_order": p.display_order,
             }
             for p in catalog.plans
@@ -263,4 +266,5 @@ def apply_catalog(ledger, path: Path = DEFAULT_CATALOG) -> dict[str, Any]:
     forwarded = ("periods", "alert_daily_cost_pico_usd", "allowance_notices", "alert_daily_denials")
     settings = {k: document["settings"][k] for k in forwarded}
     settings["pack_keys"] = {p["id"]: p["key"] for p in document["packs"]}
+    settings["member_rate_limits"] = {p["id"]: p["rate_limit_per_member"] for p in document["plans"]}
     return answer | ledger.rpc("creditgate_apply_settings", settings)
