@@ -200,4 +200,27 @@ BEGIN
 END
 $$;
 
+-- The offer of 30_catalog.sql: a plan says its limit per member.
+CREATE OR REPLACE FUNCTION public.creditgate_catalog()
+RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
+  SELECT jsonb_build_object(
+    'currency', (SELECT currency FROM creditgate.settings),
+    'plans', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'id', id, 'name', name, 'price_minor', price_minor, 'currency', currency,
+        'interval', billing_interval, 'allowances', allowances, 'features', to_jsonb(features),
+        'agents', to_jsonb(agents), 'rate_limit_per_minute', rate_limit_per_minute,
+        'rate_limit_per_member', member_rate_limit_per_minute,
+        'stripe_price_id', stripe_price_id) ORDER BY display_order, price_minor), '[]')
+      FROM creditgate.plans WHERE active),
+    'packs', creditgate.packs_for_sale(),
+    'features', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'id', id, 'name', name, 'kind', kind, 'balance_key', balance_key,
+        'pricing_mode', pricing_mode, 'credits_per_unit', credits_per_unit,
+        'requests_key', requests_key) ORDER BY id), '[]')
+      FROM creditgate.features WHERE active),
+    'agents', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'id', id, 'name', name, 'description', description) ORDER BY display_order, id), '[]')
+      FROM creditgate.agents WHERE active));
+$$;
+
 SELECT creditgate.secure();

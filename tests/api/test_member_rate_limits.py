@@ -75,7 +75,7 @@ class TestMemberRateLimit:
 
 
 class TestCatalogSetting:
-    def test_apply_sets_it_per_plan(self, ledger, sql, tmp_path):
+    def test_apply_sets_it_per_plan_and_the_catalog_shows_it(self, client, ledger, sql, tmp_path):
         text = DEFAULT_CATALOG.read_text()
         marker = 'id = "business"\n'
         assert marker in text
@@ -87,6 +87,8 @@ class TestCatalogSetting:
                 sql("SELECT id, member_rate_limit_per_minute FROM creditgate.plans WHERE id IN ('business', 'pro')")
             )
             assert limits == {"business": 7, "pro": 0}
+            plans = {p["id"]: p["rate_limit_per_member"] for p in client.get("/v1/catalog").json()["plans"]}
+            assert (plans["business"], plans["pro"]) == (7, 0)
         finally:
             apply_catalog(ledger)
             sql("UPDATE creditgate.plans SET active = true WHERE id = ANY(%s)", test_plans)

@@ -104,6 +104,7 @@ class CatalogPlan(BaseModel):
     features: list[str]
     agents: list[str]
     rate_limit_per_minute: int
+    rate_limit_per_member: int = Field(0, description="requests a minute per member of an account; 0: none")
 
 
 class CatalogPack(BaseModel):
