@@ -1,8 +1,9 @@
 -- A limit per member of an account. An org account's plan limit (`rate_limit_per_minute`) is
 -- shared by all its members, so one busy member could use the whole minute; a plan may
 -- also set `rate_limit_per_member` (requests a minute, per member; 0, the default, none),
--- counted for each call that names its user (a member's JWT, or `user_id` from a service
--- key) in a window of its own, `<account>/<user>` ('/' is never in an account id).
+-- counted for each call to an org account that names its user (a member's JWT, or `user_id`
+-- from a service key) in a window of its own, `<account>/<user>` ('/' is never in an
+-- account id). A personal account has one member: the account's limit is theirs.
 
 ALTER TABLE creditgate.plans ADD COLUMN member_rate_limit_per_minute integer NOT NULL DEFAULT 0
   CHECK (member_rate_limit_per_minute >= 0);
@@ -108,7 +109,7 @@ BEGIN
       'plan', v_plan.id, 'agent', v_agent, 'upgrade_to', creditgate.upgrade_to(NULL, v_agent)));
   END IF;
   PERFORM creditgate.count_rate(v_account_id, v_plan.rate_limit_per_minute, 'account');
-  IF request ->> 'user_id' IS NOT NULL THEN
+  IF request ->> 'user_id' IS NOT NULL AND v_account.owner_kind = 'org' THEN
     PERFORM creditgate.count_rate(v_account_id || '/' || (request ->> 'user_id'),
                                   v_plan.member_rate_limit_per_minute, 'member');
   END IF;

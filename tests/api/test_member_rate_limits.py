@@ -66,6 +66,14 @@ class TestMemberRateLimit:
         headers = {**bearer(user_token(user)), "X-Account-Id": org}
         answers = until_limited(lambda: check(client, headers, user_id="someone-else"))
         assert assert_problem(answers[-1], 429, "rate_limited")["scope"] == "member"
+        # The token's user was counted, not the user_id the body named.
+        assert check(client, service_headers, org, user_id="someone-else").status_code == 200
+
+    def test_a_personal_account_has_only_the_account_limit(self, client, make_account, org):
+        user = str(uuid.uuid4())
+        make_account("test_member_limit", owner="user", account_id=user)  # the plan has no account limit
+        headers = bearer(user_token(user))
+        assert all(check(client, headers).status_code == 200 for _ in range(2 * LIMIT + 1))
 
     def test_the_account_limit_says_its_scope(self, client, service_headers, make_account):
         account = make_account("free")  # 10 a minute for the account
