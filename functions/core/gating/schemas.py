@@ -94,6 +94,10 @@ class GateDenied(BaseModel):
     upgrade_to: list[str] | None = None
     resets_at: str | None = Field(None, description="quota_exhausted: when the period's allowance comes back")
     retry_after: int | None = None
+    limit: int | None = Field(None, description="rate_limited: the requests a minute allowed")
+    scope: Literal["account", "member"] | None = Field(
+        None, description="rate_limited: whose window is full, the account's or the calling member's"
+    )
 
 
 class Entitlement(BaseModel):
