@@ -3,6 +3,7 @@ the pgserver package), migrated and loaded with the shipped catalog."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import tempfile
@@ -106,6 +107,12 @@ def service_headers():
 
 def new_account_id(prefix: str = "acct") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def unique_ip() -> str:
+    """A client address no other test uses: guest counters are per IP and per day in one shared database."""
+    bits = uuid.uuid4().hex
+    return str(ipaddress.ip_address(f"2001:db8:{bits[:4]}:{bits[4:8]}::1{bits[8:11]}"))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from functions.local import build_app
 from tests.api.helpers import assert_problem, bearer, user_token
+from tests.conftest import unique_ip
 
 
 def gate_body(account: str | None, **extra) -> dict:
@@ -235,7 +236,7 @@ class TestGateAsGuest:
 
     def test_guests_are_capped_per_ip_across_sessions(self, settings, ledger):
         app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
-        ip = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
+        ip = unique_ip()
         statuses = []
         with TestClient(app) as client:
             for n in range(8):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.conftest import MICRO
+from tests.conftest import MICRO, unique_ip
 from tests.maintenance.helpers import drain
 
 
@@ -72,9 +72,12 @@ def test_expired_guest_sessions_and_old_counters_are_deleted(ledger, sql):
         f"guest:{old}",
         f"guest:{live}",
     )
+    ip = unique_ip()
     sql(
         "INSERT INTO creditgate.guest_ip_days (ip, day, exchanges, sessions) VALUES"
-        " ('198.51.100.8', current_date - 120, 5, 2), ('198.51.100.8', current_date, 1, 1)"
+        " (%s::inet, current_date - 120, 5, 2), (%s::inet, current_date, 1, 1)",
+        ip,
+        ip,
     )
     sql(
         "INSERT INTO creditgate.rate_windows (account_id, window_start, requests) VALUES"
@@ -91,7 +94,7 @@ def test_expired_guest_sessions_and_old_counters_are_deleted(ledger, sql):
         f"guest:{old}",
         f"guest:{live}",
     ) == [(f"guest:{live}",)]
-    assert sql("SELECT count(*) FROM creditgate.guest_ip_days WHERE ip = '198.51.100.8'") == [(1,)]
+    assert sql("SELECT count(*) FROM creditgate.guest_ip_days WHERE ip = %s::inet", ip) == [(1,)]
     assert sql("SELECT account_id FROM creditgate.rate_windows WHERE account_id LIKE 'rate-%%'") == [("rate-now",)]
 
 

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from functions.core.maintenance.run import run_maintenance
+from tests.conftest import unique_ip
 from tests.maintenance.helpers import drain
 from tests.maintenance.test_notice_delivery import settings_for, webhook  # noqa: F401 - the fixture
 
@@ -64,7 +65,7 @@ def test_off_by_default(quiet, ledger, sql, make_account):
 
 def test_guest_abuse_from_one_ip_is_told(quiet, ledger, sql, client):
     threshold = sql("SELECT abuse_sessions_per_ip FROM creditgate.settings")[0][0]
-    ip = f"192.0.2.{uuid.uuid4().int % 250 + 1}"
+    ip = unique_ip()
     sql("DELETE FROM creditgate.guest_ip_days WHERE ip = %s::inet", ip)
     sql(
         "INSERT INTO creditgate.guest_ip_days (ip, day, exchanges, sessions) "
