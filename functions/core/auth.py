@@ -91,17 +91,25 @@ def _email(value: Any) -> str | None:
 
 
 def client_ip(peer: str | None, forwarded_for: str | None, settings: Settings) -> str | None:
-    """The client address: the socket peer, or the hop our N trusted proxies vouch for
-    (counted from the right; what the client wrote on the left is never trusted)."""
+    """The client address guests are limited by: the socket peer, or the hop our N trusted
+    proxies vouch for (counted from the right; what the client wrote on the left is never
+    trusted). IPv6 clients are their /64 network."""
     candidate = peer
     if settings.trusted_proxy_hops and forwarded_for:
         hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
         if len(hops) >= settings.trusted_proxy_hops:
             candidate = hops[-settings.trusted_proxy_hops]
     try:
-        return str(ipaddress.ip_address(candidate)) if candidate else None
+        address = ipaddress.ip_address(candidate) if candidate else None
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        # One IPv6 subscriber holds a whole /64 and can draw a fresh address for every call,
+        # so guests' per-IP limits count the /64.
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address) if address else None
 
 
 def authenticate(

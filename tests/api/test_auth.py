@@ -131,3 +131,10 @@ class TestClientIp:
         assert client_ip("10.0.0.1", None, settings) == "10.0.0.1"
         assert client_ip("10.0.0.1", "6.6.6.6", Settings(environment="test")) == "10.0.0.1"
         assert client_ip("testclient", None, Settings(environment="test")) is None
+
+    def test_an_ipv6_client_is_its_64_network(self):
+        settings = Settings(environment="test")
+        assert client_ip("2001:db8:1:2:aaaa::1", None, settings) == "2001:db8:1:2::/64"
+        assert client_ip("2001:db8:1:2:ffff:ffff:ffff:ffff", None, settings) == "2001:db8:1:2::/64"
+        assert client_ip("2001:db8:1:3::1", None, settings) == "2001:db8:1:3::/64"
+        assert client_ip("::ffff:203.0.113.7", None, settings) == "203.0.113.7"

@@ -254,6 +254,25 @@ class TestGateAsGuest:
                         assert response.json()["scope"] == "ip"
         assert statuses.count(200) == 20 and statuses.count(429) == 4
 
+    def test_one_ipv6_network_is_one_client(self, settings, ledger):
+        """Fresh addresses inside one /64 do not buy fresh guest allowances."""
+        app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
+        network = f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
+        statuses = []
+        with TestClient(app) as client:
+            for n in range(8):
+                for _ in range(3):
+                    response = client.post(
+                        "/v1/gate",
+                        json={"feature": "chat"},
+                        headers={
+                            "X-Session-Id": f"v6-test-{n}-{uuid.uuid4().hex[:12]}",
+                            "X-Forwarded-For": f"{network}:{uuid.uuid4().hex[:4]}::{n + 1}",
+                        },
+                    )
+                    statuses.append(response.status_code)
+        assert statuses.count(200) == 20 and statuses.count(429) == 4
+
     def test_a_locked_agent_is_refused_to_guests(self, client):
         response = client.post(
             "/v1/gate",
