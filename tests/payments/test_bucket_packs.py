@@ -100,6 +100,50 @@ def test_a_stripe_purchase_and_its_refunds_move_the_packs_key(
     assert_reconciled(ledger, account)
 
 
+def test_a_pack_edited_during_checkout_grants_what_was_offered(
+    client, service_headers, make_account, ledger, sql, lead_pack
+):
+    """The operator changes the pack (fewer credits, another key) while the buyer pays."""
+    account = make_account("pro")
+    before_credits, before_leads = credits(ledger, account), leads(ledger, account)
+    body = checkout(client, service_headers, account, key=new_key(), pack=lead_pack).json()
+    sql("UPDATE creditgate.packs SET credits = %s, bonus_credits = 0, key = 'credits' WHERE id = %s", MICRO, lead_pack)
+    try:
+        assert client.post(local_path(body["checkout_url"]), follow_redirects=False).status_code == 303
+    finally:
+        sql(
+            "UPDATE creditgate.packs SET credits = %s, bonus_credits = %s, key = 'lead_generation' WHERE id = %s",
+            25 * MICRO,
+            5 * MICRO,
+            lead_pack,
+        )
+    assert leads(ledger, account) == (before_leads[0] + LEADS, 0)
+    assert credits(ledger, account) == before_credits
+    orders = client.get(f"/v1/orders?account_id={account}", headers=service_headers).json()["items"]
+    assert [(o["key"], o["credits"]) for o in orders] == [("lead_generation", "30")]
+    assert_reconciled(ledger, account)
+
+
+def test_a_stripe_refund_after_a_pack_edit_takes_back_what_was_sold(
+    stripe_http, fake, service_headers, make_account, ledger, sql, stripe_pack
+):
+    account = make_account("pro")
+    before = credits(ledger, account)
+    started = checkout(stripe_http, service_headers, account, key=new_key(), pack=stripe_pack)
+    sql("UPDATE creditgate.packs SET credits = %s, key = 'credits' WHERE id = %s", MICRO, stripe_pack)
+    try:
+        events = fake.complete_checkout(started.json()["session_id"])
+        deliver_all(stripe_http, fake, events)
+        assert leads(ledger, account) == (ALLOWANCE + LEADS, 0)
+        charge = fake.get(events[0]["data"]["object"]["payment_intent"])["latest_charge"]
+        deliver_all(stripe_http, fake, fake.refund(charge))
+    finally:
+        sql("UPDATE creditgate.packs SET credits = %s, key = 'lead_generation' WHERE id = %s", 25 * MICRO, stripe_pack)
+    assert leads(ledger, account) == (ALLOWANCE, 0)
+    assert credits(ledger, account) == before
+    assert_reconciled(ledger, account)
+
+
 def test_a_lost_dispute_takes_back_the_packs_key(stripe_http, fake, service_headers, make_account, ledger, stripe_pack):
     account = make_account("pro")
     before = credits(ledger, account)
