@@ -7,16 +7,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from functions.core.errors import Unauthenticated
-from functions.core.schemas import is_account_id
+from functions.core.schemas import GUEST_SESSION_ID, is_account_id
 from functions.core.settings import Settings
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 ASYMMETRIC = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"}
 
 
@@ -128,7 +126,7 @@ def authenticate(
             return Caller(kind="user", user_id=claims["sub"], email=_email(claims.get("email")), claims=claims)
         raise Unauthenticated("Unknown service key")
     if session_id is not None:
-        if not SESSION_ID.match(session_id):
+        if not GUEST_SESSION_ID.fullmatch(session_id):
             raise Unauthenticated("X-Session-Id must be 8-128 characters of letters, digits and ._:-")
         return Caller(kind="guest", session_id=session_id, client_ip=ip)
     return None

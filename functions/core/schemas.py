@@ -13,6 +13,8 @@ ACCOUNT_ID = re.compile(r"[A-Za-z0-9_.:@|-]{1,128}")
 # id of the operator's alerts.
 GUEST_PREFIX = "guest:"
 OPERATOR = "operator"
+# A guest's X-Session-Id (the app's own random id for a visitor).
+GUEST_SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 
 def reserved_id(value: str) -> str | None:
@@ -35,6 +37,7 @@ def _account_id(value: str) -> str:
 
 
 AccountId = Annotated[str, Field(pattern=f"^{ACCOUNT_ID.pattern}$"), AfterValidator(_account_id)]
+GuestSessionId = Annotated[str, Field(pattern=f"^{GUEST_SESSION_ID.pattern}$")]
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")]
 ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./:@+-]+$")]
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]

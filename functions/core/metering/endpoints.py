@@ -18,7 +18,8 @@ router = APIRouter(tags=["usage"], responses=SIGNED_IN)
 def present_usage(answer: dict) -> dict:
     out = micro_fields(answer, ("cost",))
     out["cost_usd"] = cost_usd(out.pop("cost_pico_usd", 0))
-    out["balance"] = micro_fields(out["balance"], ("available", "debt"))
+    if out.get("balance"):
+        out["balance"] = micro_fields(out["balance"], ("available", "debt"))
     if out.get("reservation"):
         out["reservation"] = micro_fields(out["reservation"], ("released",))
     out.setdefault("replayed", False)

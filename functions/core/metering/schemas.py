@@ -8,7 +8,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from functions.core.pricing import USAGE_FORMATS, TokenUsage, UsageFormatError, normalize_usage
-from functions.core.schemas import AccountId, IdempotencyKey, ModelName, Quantity, Slug, Strict
+from functions.core.schemas import AccountId, GuestSessionId, IdempotencyKey, ModelName, Quantity, Slug, Strict
 
 MAX_METADATA_BYTES = 8_192
 MAX_BACKDATE = timedelta(days=90)
@@ -19,6 +19,11 @@ class UsageRequest(Strict):
     idempotency_key: IdempotencyKey
     account_id: AccountId | None = None
     reservation_id: UUID | None = None
+    guest_session_id: GuestSessionId | None = Field(
+        None,
+        description="a guest's call (the X-Session-Id its gate call sent), instead of account_id: "
+        "priced and kept for the operator's cost figures; nothing is charged",
+    )
     feature: Slug
     agent: Slug | None = None
     model: ModelName | None = None
@@ -38,8 +43,11 @@ class UsageRequest(Strict):
 
     @model_validator(mode="after")
     def _one_account_and_one_usage(self) -> UsageRequest:
-        if not self.account_id and not self.reservation_id:
-            raise ValueError("account_id or reservation_id is required")
+        if self.guest_session_id is not None:
+            if self.account_id or self.reservation_id:
+                raise ValueError("a guest's usage names guest_session_id only, not account_id or reservation_id")
+        elif not self.account_id and not self.reservation_id:
+            raise ValueError("account_id, reservation_id or guest_session_id is required")
         if self.raw_usage is not None:
             if self.usage is not None:
                 raise ValueError("send usage or raw_usage, not both")
@@ -88,11 +96,12 @@ class SettledReservation(BaseModel):
 
 class UsageAnswer(BaseModel):
     usage_id: str
-    account_id: str
+    account_id: str | None = Field(description="null for a guest's usage")
+    guest_session_id: str | None = None
     feature: str
     cost: str
     cost_usd: str
-    balance: UsageBalance
+    balance: UsageBalance | None = Field(description="null for a guest's usage (guests have no balance)")
     reservation: SettledReservation | None
     overdraft: bool
     replayed: bool = False
