@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from functions.core.catalog import apply_catalog
 from functions.core.database import migrate, start_local_postgres
@@ -22,6 +23,11 @@ JWT_SECRET = "test-jwt-secret-with-at-least-32-characters!!"
 CRON_SECRET = "test-cron-secret-0123456789"
 WEBHOOK_SECRET = "whsec_test_secret_0123456789"
 MICRO = 1_000_000
+
+# A property test's failure prints a blob that replays it (@reproduce_failure): CI starts
+# without the example database, so a rare counterexample is otherwise lost with the run.
+hypothesis_settings.register_profile("creditgate", print_blob=True)
+hypothesis_settings.load_profile("creditgate")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from tests.api.helpers import assert_problem, bearer, user_token
+from tests.conftest import unique_ip
 
 
 def balance(client, headers, account, key="credits"):
@@ -364,7 +365,7 @@ class TestMetrics:
         before = today()
         behind_a_proxy = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
         with TestClient(behind_a_proxy) as proxied:  # guests are counted by their address
-            guest = {"X-Session-Id": f"guest-{uuid.uuid4().hex}", "X-Forwarded-For": "198.51.100.77"}
+            guest = {"X-Session-Id": f"guest-{uuid.uuid4().hex}", "X-Forwarded-For": unique_ip()}
             assert proxied.post("/v1/gate", json={"feature": "chat"}, headers=guest).status_code == 200
         account = make_account("free")
         client.put(f"/v1/accounts/{account}/plan", json={"plan": "pro"}, headers=service_headers)

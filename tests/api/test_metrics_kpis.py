@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.helpers import assert_problem
-from tests.conftest import grant
+from tests.conftest import grant, unique_ip
 
 
 def kpis(client, headers, days: int = 1) -> dict:
@@ -101,7 +101,7 @@ def test_conversion_counts_guests_new_accounts_and_free_to_paid_once_each(
     before = kpis(client, service_headers)["conversion"]
     behind_a_proxy = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
     with TestClient(behind_a_proxy) as proxied:  # guests are counted by their address
-        guest = {"X-Session-Id": f"guest-{uuid.uuid4().hex}", "X-Forwarded-For": "198.51.100.78"}
+        guest = {"X-Session-Id": f"guest-{uuid.uuid4().hex}", "X-Forwarded-For": unique_ip()}
         assert proxied.post("/v1/gate", json={"feature": "chat"}, headers=guest).status_code == 200
     converted = make_account("free")
     for plan in ("pro", "free", "starter"):  # converted twice: one account

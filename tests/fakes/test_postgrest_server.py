@@ -634,8 +634,9 @@ def test_32_concurrent_calls(server, db, service_client):
     # Each call ran exactly once and saw a distinct counter value.
     assert sorted(results) == list(range(start_n + 1, start_n + 33))
     assert _scalar(db, "SELECT n FROM public.counter") == start_n + 32
-    # Served in parallel (pool of 10 connections): far below 32 sequential sleeps.
-    assert elapsed < 32 * sleep / 2
+    # Served in parallel (pool of 10 connections): well below 32 sequential sleeps (8 s;
+    # parallel it takes about 1 s here, so a much slower machine still passes).
+    assert elapsed < 32 * sleep * 0.75
 
 
 def test_status_mapping_table():

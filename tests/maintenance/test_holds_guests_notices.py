@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.conftest import MICRO, unique_ip
+from tests.conftest import MICRO, new_account_id, unique_ip
 from tests.maintenance.helpers import drain
 
 
@@ -62,9 +62,11 @@ def test_expired_guest_sessions_and_old_counters_are_deleted(ledger, sql):
     old, live = f"old-{uuid.uuid4().hex}", f"live-{uuid.uuid4().hex}"
     sql(
         "INSERT INTO creditgate.guest_sessions (session_id, ip, exchanges, expires_at) VALUES"
-        " (%s, '198.51.100.7', 3, now() - interval '1 hour'), (%s, '198.51.100.7', 1, now() + interval '1 hour')",
+        " (%s, %s::inet, 3, now() - interval '1 hour'), (%s, %s::inet, 1, now() + interval '1 hour')",
         old,
+        unique_ip(),
         live,
+        unique_ip(),
     )
     sql(
         "INSERT INTO creditgate.idempotency_keys (account_id, scope, key, request_hash, response)"
@@ -79,10 +81,12 @@ def test_expired_guest_sessions_and_old_counters_are_deleted(ledger, sql):
         ip,
         ip,
     )
+    stale, current = new_account_id("rate-old"), new_account_id("rate-now")
     sql(
         "INSERT INTO creditgate.rate_windows (account_id, window_start, requests) VALUES"
-        " ('rate-old', date_trunc('minute', now()) - interval '2 hours', 4),"
-        " ('rate-now', date_trunc('minute', now()), 1)"
+        " (%s, date_trunc('minute', now()) - interval '2 hours', 4), (%s, date_trunc('minute', now()), 1)",
+        stale,
+        current,
     )
 
     answer = ledger.run_maintenance({})
@@ -95,7 +99,9 @@ def test_expired_guest_sessions_and_old_counters_are_deleted(ledger, sql):
         f"guest:{live}",
     ) == [(f"guest:{live}",)]
     assert sql("SELECT count(*) FROM creditgate.guest_ip_days WHERE ip = %s::inet", ip) == [(1,)]
-    assert sql("SELECT account_id FROM creditgate.rate_windows WHERE account_id LIKE 'rate-%%'") == [("rate-now",)]
+    assert sql("SELECT account_id FROM creditgate.rate_windows WHERE account_id IN (%s, %s)", stale, current) == [
+        (current,)
+    ]
 
 
 def notices(sql, account):
