@@ -161,6 +161,18 @@ class TestPublicReads:
         assert features["screenshot"]["pricing"] == {"mode": "per_unit", "credits_per_unit": "0.5"}
         assert features["quests"]["kind"] == "access" and len(body["agents"]) == 13
 
+    def test_a_pack_says_how_much_of_each_action_it_buys(self, client):
+        growth = next(p for p in client.get("/v1/catalog").json()["packs"] if p["id"] == "growth")
+        # 6,000 + 500 bonus credits at the shipped rates: 1 a VM minute (about 108 hours),
+        # 0.5 a screenshot, 0.1 an API call, 0.2 an AI message, 1 an uploaded MB.
+        assert growth["buys"] == {
+            "vm_minute": 6500,
+            "screenshot": 13000,
+            "api_call": 65000,
+            "ai_message": 32500,
+            "file_upload_mb": 6500,
+        }
+
     def test_prices(self, client):
         body = client.get("/v1/prices").json()
         assert len(body["items"]) >= 30 and body["credits_per_usd"] == 100 and body["markup"] == "1.5"

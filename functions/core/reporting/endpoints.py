@@ -111,10 +111,24 @@ def catalog(ledger: LedgerDep) -> dict:
         features.append({**f, "pricing": pricing})
     return {
         "plans": plans,
-        "packs": [pack(p) for p in raw["packs"]],
+        "packs": [{**pack(p), "buys": units_bought(p, raw["features"])} for p in raw["packs"]],
         "features": features,
         "agents": raw["agents"],
         "currency": raw["currency"],
+    }
+
+
+def units_bought(pack: dict, features: list[dict]) -> dict[str, int]:
+    """How many units of each per-unit action a pack pays for (its credits and bonus over
+    the action's rate): what a pricing page turns into "about 33 hours of VM time"."""
+    total = pack["credits"] + pack["bonus_credits"]
+    return {
+        f["id"]: total // f["credits_per_unit"]
+        for f in features
+        if f["kind"] == "metered"
+        and f["pricing_mode"] == "per_unit"
+        and f["credits_per_unit"]
+        and f["balance_key"] == pack.get("key", "credits")
     }
 
 

@@ -115,6 +115,11 @@ class CatalogPack(BaseModel):
     key: str = Field("credits", description="the balance key the pack tops up: credits, or a plan's quota")
     credits: str
     bonus_credits: str
+    buys: dict[str, int] = Field(
+        default_factory=dict,
+        description="units of each per-unit action of the pack's key that its credits and bonus pay for "
+        "(vm_minute: 2000 is about 33 hours of VM time)",
+    )
 
 
 class CatalogFeature(BaseModel):
