@@ -88,24 +88,42 @@ def _email(value: Any) -> str | None:
     return None
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _host(hop: str) -> str:
+    """The address of a proxy's hop, without the port some proxies add ("203.0.113.7:4711",
+    "[2001:db8::1]:4711")."""
+    if hop.startswith("["):
+        return hop[1 : hop.find("]")] if "]" in hop else hop
+    if hop.count(":") == 1:
+        return hop.partition(":")[0]
+    return hop
+
+
 def client_ip(peer: str | None, forwarded_for: str | None, settings: Settings) -> str | None:
     """The client address guests are limited by: the socket peer, or the hop our N trusted
     proxies vouch for (counted from the right; what the client wrote on the left is never
-    trusted). IPv6 clients are their /64 network."""
+    trusted). `forwarded_for` joins every X-Forwarded-For line, since a proxy may add its
+    own line after the client's. An IPv6 client is its /64 network; one that carries an
+    IPv4 address (mapped, NAT64, 6to4) is that address."""
     candidate = peer
     if settings.trusted_proxy_hops and forwarded_for:
         hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
         if len(hops) >= settings.trusted_proxy_hops:
-            candidate = hops[-settings.trusted_proxy_hops]
+            candidate = _host(hops[-settings.trusted_proxy_hops])
     try:
         address = ipaddress.ip_address(candidate) if candidate else None
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped:
-            return str(address.ipv4_mapped)
-        # One IPv6 subscriber holds a whole /64 and can draw a fresh address for every call,
-        # so guests' per-IP limits count the /64.
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return str(embedded)
+        # One IPv6 subscriber holds at least a /64 and can draw a fresh address for every
+        # call, so guests' per-IP limits count the /64.
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address) if address else None
 

@@ -40,7 +40,7 @@ def get_optional_caller(
     x_session_id: Annotated[str | None, Header()] = None,
 ) -> Caller | None:
     peer = request.client.host if request.client else None
-    ip = client_ip(peer, request.headers.get("x-forwarded-for"), settings)
+    ip = client_ip(peer, ",".join(request.headers.getlist("x-forwarded-for")), settings)
     return authenticate(authorization, x_session_id, ip, settings)
 
 

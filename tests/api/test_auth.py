@@ -138,3 +138,11 @@ class TestClientIp:
         assert client_ip("2001:db8:1:2:ffff:ffff:ffff:ffff", None, settings) == "2001:db8:1:2::/64"
         assert client_ip("2001:db8:1:3::1", None, settings) == "2001:db8:1:3::/64"
         assert client_ip("::ffff:203.0.113.7", None, settings) == "203.0.113.7"
+        assert client_ip("64:ff9b::cb00:7107", None, settings) == "203.0.113.7"  # NAT64
+        assert client_ip("2002:cb00:7107::1", None, settings) == "203.0.113.7"  # 6to4
+
+    def test_a_proxys_port_is_not_part_of_the_address(self):
+        settings = Settings(environment="test", trusted_proxy_hops=1)
+        assert client_ip("10.0.0.1", "6.6.6.6, 203.0.113.7:4711", settings) == "203.0.113.7"
+        assert client_ip("10.0.0.1", "[2001:db8:1:2::9]:4711", settings) == "2001:db8:1:2::/64"
+        assert client_ip("10.0.0.1", "[2001:db8:1:2::9]", settings) == "2001:db8:1:2::/64"

@@ -254,6 +254,26 @@ class TestGateAsGuest:
                         assert response.json()["scope"] == "ip"
         assert statuses.count(200) == 20 and statuses.count(429) == 4
 
+    def test_a_forged_first_header_line_does_not_hide_the_proxys(self, settings, ledger):
+        """A proxy that adds its own X-Forwarded-For line leaves the client's line first."""
+        app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
+        real = unique_ip()
+        statuses = []
+        with TestClient(app) as client:
+            for n in range(8):
+                for _ in range(3):
+                    response = client.post(
+                        "/v1/gate",
+                        json={"feature": "chat"},
+                        headers=[
+                            ("X-Session-Id", f"forged-{n}-{uuid.uuid4().hex[:12]}"),
+                            ("X-Forwarded-For", unique_ip()),  # the client's own, different each time
+                            ("X-Forwarded-For", real),  # the proxy's
+                        ],
+                    )
+                    statuses.append(response.status_code)
+        assert statuses.count(200) == 20 and statuses.count(429) == 4
+
     def test_one_ipv6_network_is_one_client(self, settings, ledger):
         """Fresh addresses inside one /64 do not buy fresh guest allowances."""
         app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
