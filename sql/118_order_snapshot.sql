@@ -6,6 +6,8 @@
 -- take the catalog's.
 
 ALTER TABLE creditgate.orders ADD COLUMN key text;
+-- Orders already made were made for the pack's key of now (its credits they already keep).
+UPDATE creditgate.orders o SET key = p.key FROM creditgate.packs p WHERE o.kind = 'pack' AND p.id = o.item_id;
 
 -- The key an order's purchase was granted on: its grant's, else the order's, else the pack's.
 CREATE OR REPLACE FUNCTION creditgate.order_key(o creditgate.orders)

@@ -136,6 +136,38 @@ class TestUpgrade:
             with psycopg.connect(dsn, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
+    def test_orders_made_before_118_keep_the_key_they_were_made_for(self, dsn, monkeypatch):
+        from functions.core import database as db
+        from functions.core.catalog import DEFAULT_CATALOG, load_catalog, to_document
+        from functions.core.ledger.postgres import PostgresLedger
+
+        name = f"upgrade_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+        try:
+            every_file = migrations()
+            monkeypatch.setattr(db, "migrations", lambda: [p for p in every_file if number(p.stem) < 118])
+            migrate(url)
+            ledger = PostgresLedger(url, max_size=1)
+            try:
+                ledger.apply_catalog(to_document(load_catalog(DEFAULT_CATALOG)))
+                ledger.ensure_account({"account_id": "buyer", "plan": "free"})
+                order = ledger.create_order({"account_id": "buyer", "kind": "pack", "item": "starter"})
+            finally:
+                ledger.close()
+            monkeypatch.setattr(db, "migrations", lambda: every_file)
+            migrate(url)
+            execute(url, "UPDATE creditgate.packs SET key = 'requests' WHERE id = 'starter'")  # edited afterwards
+            with psycopg.connect(url) as conn:
+                row = conn.execute(
+                    "SELECT key, creditgate.order_key(o) FROM creditgate.orders o WHERE id = %s", (order["order_id"],)
+                ).fetchone()
+            assert row == ("credits", "credits")
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
 
 class TestUninstall:
     def test_removes_everything_of_creditgate_and_can_be_installed_again(self, dsn, monkeypatch, capsys):

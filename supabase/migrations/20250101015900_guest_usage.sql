@@ -7,7 +7,8 @@
 -- (`guest_session_id`, the X-Session-Id the gate saw): the call is priced as an account's
 -- would be, kept as a usage row of `guest:<session>` with its provider cost and no credits,
 -- and nothing is charged (guests have no balance; their limit is the gate's count). It is
--- recorded whether or not the session still exists, since usage that happened is kept.
+-- recorded whether or not the session still exists, since usage that happened is kept, and
+-- its idempotency key is kept as an account's is (not swept with the session).
 
 CREATE FUNCTION creditgate.record_guest_usage(request jsonb)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = '' AS $$
@@ -20,7 +21,10 @@ DECLARE
   v_cache_write bigint := coalesce((u ->> 'cache_write_tokens')::bigint, 0);
   v_quantity bigint := coalesce((request ->> 'quantity')::bigint, 1);
   v_session text := request ->> 'guest_session_id';
-  v_holder text := 'guest:' || (request ->> 'guest_session_id');
+  -- Not the session's own 'guest:<session>': maintenance deletes those keys with the
+  -- session, and a report retried after that would be recorded twice. ('/' is never in a
+  -- session id, so this holder is no session's, and the 'guest:' prefix no account's.)
+  v_holder text := 'guest:usage/' || (request ->> 'guest_session_id');
   v_idem text := request ->> 'idempotency_key';
   v_feature creditgate.features;
   v_price creditgate.model_prices;
@@ -29,10 +33,10 @@ DECLARE
   v_usage_id uuid := gen_random_uuid();
 BEGIN
   IF v_session IS NULL OR v_session !~ '^[A-Za-z0-9._:-]{8,128}$'
-     OR request ? 'account_id' OR request ? 'reservation_id' THEN
+     OR request ? 'account_id' OR request ? 'reservation_id' OR request ? 'user_id' THEN
     PERFORM creditgate.fail(422, 'invalid_request', jsonb_build_object('errors', jsonb_build_array(
       jsonb_build_object('loc', jsonb_build_array('body', 'guest_session_id'),
-        'msg', 'a guest session id (8-128 letters, digits, ._:-), without account_id or reservation_id'))));
+        'msg', 'a guest session id (8-128 letters, digits, ._:-), without account_id, reservation_id or user_id'))));
   END IF;
   SELECT * INTO v_feature FROM creditgate.features WHERE id = request ->> 'feature' AND active;
   IF NOT FOUND THEN
@@ -78,7 +82,7 @@ BEGIN
   INSERT INTO creditgate.usage_events (id, account_id, session_id, feature_id, agent_id, provider, model,
     price_id, prices, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, cache_write_tokens,
     quantity, key, cost, cost_pico_usd, metadata, created_at)
-  SELECT v_usage_id, v_holder, request ->> 'session_id', v_feature.id, request ->> 'agent',
+  SELECT v_usage_id, 'guest:' || v_session, request ->> 'session_id', v_feature.id, request ->> 'agent',
     coalesce(request ->> 'provider', v_price.provider), request ->> 'model', v_price.id,
     CASE WHEN v_price.id IS NOT NULL THEN jsonb_build_object(
       'input_per_mtok', v_price.input_per_mtok, 'output_per_mtok', v_price.output_per_mtok,
@@ -126,9 +130,12 @@ BEGIN
     SELECT x.value AS event, x.ordinality AS n,
            coalesce(x.value ->> 'account_id',
                     (SELECT r.account_id FROM creditgate.reservations r
-                     WHERE r.id = creditgate.to_uuid(x.value ->> 'reservation_id')), '') AS account_id
+                     WHERE r.id = creditgate.to_uuid(x.value ->> 'reservation_id')),
+                    'guest:' || (x.value ->> 'guest_session_id'), '') AS account_id
     FROM jsonb_array_elements(request -> 'events') WITH ORDINALITY x
-    ORDER BY 3, 2
+    -- One order for every batch, so two batches never wait on each other in a cycle: an
+    -- account's events under its lock, a guest's (no lock) by the idempotency key each claims.
+    ORDER BY 3, CASE WHEN x.value ? 'guest_session_id' THEN x.value ->> 'idempotency_key' END, 2
   LOOP
     BEGIN
       v_result := creditgate.record_any_usage(e.event);

@@ -3,6 +3,7 @@ the operator's cost figures, and nothing charged."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from decimal import Decimal
 
@@ -96,6 +97,16 @@ class TestPostGuestUsage:
         assert_problem(other, 409, "idempotency_conflict")
         assert sql("SELECT count(*) FROM creditgate.usage_events WHERE account_id = %s", f"guest:{session}") == [(1,)]
 
+    def test_a_retry_after_the_session_was_swept_is_still_a_replay(self, client, service_headers, ledger, sql):
+        session, key = new_session(), uuid.uuid4().hex
+        assert client.post("/v1/gate", json={"feature": "chat"}, headers={"X-Session-Id": session}).status_code == 200
+        assert guest_usage(client, service_headers, session, idempotency_key=key).status_code == 201
+        sql("UPDATE creditgate.guest_sessions SET expires_at = now() WHERE session_id = %s", session)
+        ledger.run_maintenance({})
+        assert sql("SELECT count(*) FROM creditgate.guest_sessions WHERE session_id = %s", session) == [(0,)]
+        assert guest_usage(client, service_headers, session, idempotency_key=key).status_code == 200
+        assert sql("SELECT count(*) FROM creditgate.usage_events WHERE account_id = %s", f"guest:{session}") == [(1,)]
+
     def test_kept_after_the_session_is_gone(self, client, service_headers, sql):
         session = new_session()  # never gated, or already swept by maintenance
         assert guest_usage(client, service_headers, session).status_code == 201
@@ -105,6 +116,7 @@ class TestPostGuestUsage:
         "change",
         [
             {"account_id": "someone"},
+            {"user_id": "someone"},
             {"reservation_id": str(uuid.uuid4())},
             {"guest_session_id": "short"},
             {"guest_session_id": "has space in it"},
@@ -175,3 +187,33 @@ class TestPostGuestUsageBatch:
         assert results[1]["account_id"] == account and results[1]["cost"] != "0"
         assert results[2]["code"] == "unknown_model"
         assert sql("SELECT count(*) FROM creditgate.usage_events WHERE account_id = %s", f"guest:{session}") == [(1,)]
+
+    def test_two_batches_of_the_same_guest_events_in_opposite_orders_do_not_deadlock(self, ledger, sql):
+        session = new_session()
+        events = [
+            {
+                "guest_session_id": session,
+                "feature": "chat",
+                "model": "gpt-4o-mini",
+                "usage": TOKENS,
+                "idempotency_key": f"k{n:03d}",
+            }
+            for n in range(200)
+        ]
+        answers, errors = [], []
+        start = threading.Barrier(2)
+
+        def send(batch):
+            start.wait()
+            try:
+                answers.append(ledger.record_usage_batch(batch))
+            except Exception as error:  # a deadlock fails the whole batch
+                errors.append(error)
+
+        threads = [threading.Thread(target=send, args=(b,)) for b in (events, events[::-1])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and len(answers) == 2
+        assert sql("SELECT count(*) FROM creditgate.usage_events WHERE account_id = %s", f"guest:{session}") == [(200,)]

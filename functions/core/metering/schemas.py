@@ -44,8 +44,10 @@ class UsageRequest(Strict):
     @model_validator(mode="after")
     def _one_account_and_one_usage(self) -> UsageRequest:
         if self.guest_session_id is not None:
-            if self.account_id or self.reservation_id:
-                raise ValueError("a guest's usage names guest_session_id only, not account_id or reservation_id")
+            if self.account_id or self.reservation_id or self.user_id:
+                raise ValueError(
+                    "a guest's usage names guest_session_id only, not account_id, reservation_id or user_id"
+                )
         elif not self.account_id and not self.reservation_id:
             raise ValueError("account_id, reservation_id or guest_session_id is required")
         if self.raw_usage is not None:
