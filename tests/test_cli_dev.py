@@ -1,4 +1,5 @@
-"""`creditgate dev` (what `make dev` runs): it serves, and stopping it stops its database."""
+"""`creditgate dev` (what `make dev` runs): it serves, its tokens and guests work as a
+deployment's would, and stopping it stops its database."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ import httpx
 from functions.core.database import free_port
 
 
-def test_sigterm_stops_the_server_and_its_embedded_database(tmp_path):
+def test_it_serves_users_and_guests_and_sigterm_stops_it_and_its_database(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"CREDITGATE_PORT": str(port)}
     process = subprocess.Popen(
         [sys.executable, "-m", "functions.core.cli", "dev"],
         cwd=tmp_path,
         env=env | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        stdout=subprocess.DEVNULL,
+        stdout=(tmp_path / "out.txt").open("w"),
         stderr=subprocess.DEVNULL,
     )
     pid_file = tmp_path / ".creditgate" / "pgdata" / "postmaster.pid"
@@ -37,6 +38,34 @@ def test_sigterm_stops_the_server_and_its_embedded_database(tmp_path):
             assert time.monotonic() < deadline, "creditgate dev did not answer within 120 s"
             time.sleep(0.5)
         assert pid_file.exists()
+        base = f"http://127.0.0.1:{port}"
+        banner = (tmp_path / "out.txt").read_text()
+        assert "cron secret" in banner and "dev-token" in banner
+
+        # A signed-in user, with the token `creditgate dev-token` prints.
+        token = subprocess.run(
+            [sys.executable, "-m", "functions.core.cli", "dev-token", "dev-user-1", "--email", "a@example.com"],
+            cwd=tmp_path,
+            env=env | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        balance = httpx.get(f"{base}/v1/balance", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert balance.status_code == 200 and balance.json()["account_id"] == "dev-user-1"
+
+        # Guests: a client's own X-Forwarded-For is not its address (nothing proxies a local run).
+        statuses = [
+            httpx.post(
+                f"{base}/v1/gate",
+                json={"feature": "chat"},
+                headers={"X-Session-Id": f"dev-guest-{n:04d}", "X-Forwarded-For": f"203.0.113.{n + 1}"},
+                timeout=10,
+            ).status_code
+            for n in range(21)
+        ]
+        assert statuses == [200] * 20 + [429]
+
         process.send_signal(signal.SIGTERM)
         process.wait(60)
         assert not pid_file.exists(), "the embedded PostgreSQL is still running"

@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 
 STATE_DIR = Path(".creditgate")
@@ -146,17 +147,44 @@ def _dev_secrets() -> dict[str, str]:
         "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_urlsafe(24),
         # Signs the notices posted to CREDITGATE_NOTICES_WEBHOOK_URL, when one is set.
         "CREDITGATE_NOTICES_WEBHOOK_SECRET": secrets.token_urlsafe(24),
+        # Signs local users' tokens (`creditgate dev-token USER`), as Supabase's legacy secret does.
+        "SUPABASE_JWT_SECRET": secrets.token_urlsafe(32),
     }
-    values, generated = {}, []
+    values, local, new = {}, [], []
     for name, fresh in wanted.items():
         if os.environ.get(name):
             values[name] = os.environ[name]
         else:
             values[name] = saved.get(name) or fresh
-            generated.append(name)
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items() if k in generated))
+            local.append(name)
+            if name not in saved:
+                new.append(name)
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items() if k in local))
     path.chmod(0o600)
-    return values | {"_generated": ",".join(generated)}
+    return values | {"_new": ", ".join(new), "_kept": ", ".join(n for n in local if n not in new)}
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    """A signed-in user's token for `make dev`, signed with its SUPABASE_JWT_SECRET."""
+    import jwt
+
+    path = STATE_DIR / "dev.env"
+    saved = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
+    secret = os.environ.get("SUPABASE_JWT_SECRET") or saved.get("SUPABASE_JWT_SECRET")
+    if not secret:
+        raise ValueError("no SUPABASE_JWT_SECRET: run `make dev` once (it keeps one in .creditgate/dev.env)")
+    now = int(time.time())
+    claims = {
+        "sub": args.user,
+        "role": "authenticated",
+        "aud": "authenticated",
+        "iat": now,
+        "exp": now + args.hours * 3600,
+    }
+    if args.email:
+        claims["email"] = args.email
+    print(jwt.encode(claims, secret, algorithm="HS256"))
+    return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -176,7 +204,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:
         migrate(os.environ["DATABASE_URL"])
         found = dict(_dev_secrets())
-        generated = found.pop("_generated")
+        new, kept = found.pop("_new"), found.pop("_kept")
         os.environ.update(found)
         os.environ.setdefault("CREDITGATE_ENVIRONMENT", "development")
         port = int(os.environ.get("CREDITGATE_PORT", "8000"))
@@ -190,7 +218,10 @@ creditgate is running at {base}   (API docs: {base}/docs)
   database      {os.environ["DATABASE_URL"]}{"  (embedded, data in .creditgate/pgdata)" if server else ""}
   payments      {os.environ.get("CREDITGATE_PAYMENTS") or ("stripe" if os.environ.get("STRIPE_SECRET_KEY") else "simulated")}
   service key   {key}
-  generated     {generated or "nothing (all from the environment)"} (kept in .creditgate/dev.env)
+  cron secret   {found["CRON_SECRET"]}
+  secrets       new: {new or "none"}; from .creditgate/dev.env: {kept or "none"}
+  other commands on this database: DATABASE_URL='{os.environ["DATABASE_URL"]}' .venv/bin/creditgate reconcile
+  a user's token (Authorization: Bearer …): .venv/bin/creditgate dev-token demo-user
 
 Try it (gate a chat, then record what it used against the reservation):
   KEY={key}
@@ -201,10 +232,14 @@ Try it (gate a chat, then record what it used against the reservation):
   curl -s -X POST {base}/v1/usage -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
     -d '{{"reservation_id": "'$RES'", "feature": "chat", "model": "gpt-4o-mini", "usage": {{"input_tokens": 1200, "output_tokens": 350}}, "idempotency_key": "demo-1"}}'
   curl -s '{base}/v1/balance?account_id=demo-user' -H "Authorization: Bearer $KEY"
+  curl -s {base}/v1/balance -H "Authorization: Bearer $(.venv/bin/creditgate dev-token demo-user)"
+  curl -s -X POST {base}/v1/cron/maintenance -H "Authorization: Bearer {found["CRON_SECRET"]}"
 """,
             flush=True,
         )
-        uvicorn.run("functions.local:app", host="127.0.0.1", port=port, log_level="info")
+        # proxy_headers off: nothing proxies a local run, and uvicorn would otherwise take a
+        # local client's own X-Forwarded-For as its address (guests' per-IP limits).
+        uvicorn.run("functions.local:app", host="127.0.0.1", port=port, log_level="info", proxy_headers=False)
     finally:
         if server:
             server.stop()
@@ -249,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     supa = sub.add_parser("supabase-export", help="regenerate supabase/migrations from sql/")
     supa.add_argument("--check", action="store_true", help="only report differences (exit 1 if any)")
     supa.set_defaults(run=cmd_supabase_export)
+    token = sub.add_parser("dev-token", help="a signed-in user's token for `make dev`")
+    token.add_argument("user", help="the user's id (their account id)")
+    token.add_argument("--email")
+    token.add_argument("--hours", type=int, default=24)
+    token.set_defaults(run=cmd_dev_token)
     dev = sub.add_parser("dev", help="run everything locally: embedded PostgreSQL and all functions")
     dev.add_argument("--catalog")
     dev.set_defaults(run=cmd_dev)
