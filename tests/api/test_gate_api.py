@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
 import pytest
@@ -324,6 +325,45 @@ class TestEntitlements:
     def test_guest_entitlements_are_the_anonymous_plan(self, client):
         body = client.get("/v1/entitlements", headers={"X-Session-Id": f"guest-{uuid.uuid4().hex}"}).json()
         assert body["plan"]["id"] == "anonymous" and body["agents"]["connector"]["allowed"] is True
+
+    def test_a_guest_sees_its_exchanges_left_and_the_limit_when_it_is_reached(self, client, sql):
+        session = {"X-Session-Id": f"guest-{uuid.uuid4().hex}"}
+        limit = sql("SELECT guest_exchanges_per_session FROM creditgate.settings")[0][0]
+        fresh = client.get("/v1/entitlements", headers=session).json()
+        assert fresh["guest"] == {"exchanges_left": limit} and fresh["features"]["chat"]["allowed"] is True
+        client.post("/v1/gate", json={"feature": "chat"}, headers=session)
+        assert client.get("/v1/entitlements", headers=session).json()["guest"] == {"exchanges_left": limit - 1}
+        for _ in range(limit - 1):
+            client.post("/v1/gate", json={"feature": "chat"}, headers=session)
+        assert client.post("/v1/gate", json={"feature": "chat", "mode": "check"}, headers=session).status_code == 429
+
+        used_up = client.get("/v1/entitlements", headers=session).json()
+        assert used_up["guest"] == {"exchanges_left": 0, "scope": "session"}
+        assert used_up["features"]["chat"]["allowed"] is False
+        assert used_up["features"]["chat"]["reason"] == "guest_limit_reached"
+        assert used_up["features"]["chat"]["upgrade_to"]
+        assert used_up["features"]["quests"]["reason"] == "feature_not_in_plan"  # never in the plan
+
+    def test_a_guest_whose_address_is_used_up_sees_it(self, settings, ledger, sql):
+        app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
+        ip = unique_ip()
+        per_ip = sql("SELECT guest_exchanges_per_ip_per_day FROM creditgate.settings")[0][0]
+        sql(
+            "INSERT INTO creditgate.guest_ip_days (ip, day, exchanges, sessions)"
+            " VALUES (%s::inet, (now() AT TIME ZONE 'UTC')::date, %s, 9)",
+            str(ipaddress.IPv6Network((ip, 64), strict=False)),  # as guests' addresses are counted
+            per_ip,
+        )
+        with TestClient(app) as client:
+            headers = {"X-Session-Id": f"guest-{uuid.uuid4().hex}", "X-Forwarded-For": ip}
+            body = client.get("/v1/entitlements", headers=headers).json()
+            assert client.post("/v1/gate", json={"feature": "chat"}, headers=headers).status_code == 429
+        assert body["guest"] == {"exchanges_left": 0, "scope": "ip"}
+        assert body["features"]["chat"]["reason"] == "guest_limit_reached"
+
+    def test_an_account_has_no_guest_part(self, client, service_headers, make_account):
+        body = client.get(f"/v1/entitlements?account_id={make_account('free')}", headers=service_headers).json()
+        assert "guest" not in body
 
 
 class TestRelease:

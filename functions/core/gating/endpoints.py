@@ -130,8 +130,10 @@ def entitlements(
     account_id: Annotated[AccountId | None, Query()] = None,
     x_account_id: AccountHeader = None,
 ) -> dict:
-    target = None if caller.kind == "guest" else resolve_account(caller, ledger, account_id, x_account_id, "query")
-    answer = ledger.entitlements(target)
+    if caller.kind == "guest":
+        answer = ledger.entitlements(None, caller.session_id, caller.client_ip)
+    else:
+        answer = ledger.entitlements(resolve_account(caller, ledger, account_id, x_account_id, "query"))
     for item in answer["features"].values():
         if isinstance(item.get("available"), int):
             item["available"] = micro_fields(item, ("available",))["available"]

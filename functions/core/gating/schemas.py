@@ -110,9 +110,14 @@ class Entitlement(BaseModel):
     reason: str | None = Field(
         None,
         description="feature_not_in_plan / agent_not_in_plan / debt_outstanding / insufficient_credits / "
-        "quota_exhausted",
+        "quota_exhausted / guest_limit_reached",
     )
     upgrade_to: list[str] | None = None
+
+
+class GuestAllowance(BaseModel):
+    exchanges_left: int = Field(description="gate calls this guest has left (the session's and the address's)")
+    scope: str | None = Field(None, description="session / ip: the limit that is used up")
 
 
 class Entitlements(BaseModel):
@@ -121,6 +126,7 @@ class Entitlements(BaseModel):
     status: str
     features: dict[str, Entitlement]
     agents: dict[str, Entitlement]
+    guest: GuestAllowance | None = Field(None, description="a guest's exchanges left (guests only)")
 
 
 class ReleaseAnswer(BaseModel):

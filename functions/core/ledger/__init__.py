@@ -78,8 +78,11 @@ class Ledger(ABC):
     def orders(self, account_id: str) -> dict:
         return self.rpc("creditgate_orders", {"account_id": account_id})
 
-    def entitlements(self, account_id: str | None) -> dict:
-        return self.rpc("creditgate_entitlements", {"account_id": account_id})
+    def entitlements(self, account_id: str | None, session_id: str | None = None, client_ip: str | None = None) -> dict:
+        """An account's, or a guest's (no account: its session and address count)."""
+        return self.rpc(
+            "creditgate_entitlements", {"account_id": account_id, "session_id": session_id, "client_ip": client_ip}
+        )
 
     def catalog(self) -> dict:
         return self.rpc("creditgate_catalog")
