@@ -308,6 +308,31 @@ class TestGateAsGuest:
         )
 
 
+class TestGateBadEstimates:
+    @pytest.mark.parametrize(
+        ("estimate", "detail"),
+        [
+            ({"quantity": -2}, "estimate.quantity: Input should be greater than or equal to 1"),
+            ({"input_tokens": -1}, "estimate.input_tokens: Input should be greater than or equal to 0"),
+            (
+                {"quantity": 2, "input_tokens": 1},
+                "estimate: Value error, an estimate names tokens or a quantity, not both",
+            ),
+            ({}, "estimate: Value error, an estimate names input_tokens, max_output_tokens or quantity"),
+        ],
+    )
+    def test_the_detail_names_the_field_and_the_rule(self, client, service_headers, estimate, detail):
+        body = {
+            "account_id": "someone",
+            "feature": "chat",
+            "mode": "commit",
+            "estimate": estimate,
+            "idempotency_key": "k",
+        }
+        answer = assert_problem(client.post("/v1/gate", json=body, headers=service_headers), 422, "invalid_request")
+        assert answer["detail"] == detail
+
+
 class TestEntitlements:
     def test_free_account_sees_locked_agents_and_features(self, client, service_headers, make_account):
         account = make_account("free")

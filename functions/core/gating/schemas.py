@@ -1,26 +1,39 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_serializer, model_validator
 
 from functions.core.schemas import AccountId, Balance, IdempotencyKey, ModelName, Quantity, Slug, Strict, TokenCount
 
 
-class TokenEstimate(Strict):
+class Estimate(Strict):
+    """What the call will use: tokens, for a feature priced by model or by tokens, or a
+    quantity, for one priced per unit. (One model rather than a union of two, so a bad
+    value is named plainly: "estimate.quantity: … greater than or equal to 1".)"""
+
     input_tokens: TokenCount = 0
     max_output_tokens: TokenCount = 0
+    quantity: Quantity | None = None
 
     @model_validator(mode="after")
-    def _some_tokens(self) -> TokenEstimate:
+    def _tokens_or_quantity(self) -> Estimate:
+        tokens = {"input_tokens", "max_output_tokens"} & self.model_fields_set
+        if tokens and self.quantity is not None:
+            raise ValueError("an estimate names tokens or a quantity, not both")
         # `{}` would price the call at nothing.
-        if not self.model_fields_set:
+        if not tokens and self.quantity is None:
             raise ValueError("an estimate names input_tokens, max_output_tokens or quantity")
         return self
 
-
-class QuantityEstimate(Strict):
-    quantity: Quantity
+    @model_serializer(mode="wrap")
+    def _one_shape(self, handler: Any) -> dict[str, Any]:
+        # The ledger reads which keys are present: {"quantity"} or both token counts.
+        if self.quantity is not None:
+            return {"quantity": self.quantity}
+        data = handler(self)
+        data.pop("quantity", None)
+        return data
 
 
 class GateRequest(Strict):
@@ -29,7 +42,7 @@ class GateRequest(Strict):
     agent: Slug | None = None
     model: ModelName | None = None
     provider: Slug | None = None
-    estimate: TokenEstimate | QuantityEstimate | None = None
+    estimate: Estimate | None = None
     mode: Literal["check", "reserve", "commit"] | None = None
     ttl_seconds: int | None = Field(None, ge=10, le=86_400, strict=True)
     idempotency_key: IdempotencyKey | None = None
