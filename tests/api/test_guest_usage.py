@@ -75,15 +75,20 @@ class TestPostGuestUsage:
         ) == [(f"guest:{session}", "gpt-4o-mini", 1200, 300, 0, True)]
 
     def test_counted_in_the_operators_cost(self, client, service_headers, sql):
-        def cost() -> Decimal:
-            metrics = client.get("/v1/admin/metrics?days=1", headers=service_headers).json()
-            return Decimal(metrics["kpis"]["cost_usd"])
+        def cost() -> tuple[Decimal, Decimal]:
+            kpis = client.get("/v1/admin/metrics?days=1", headers=service_headers).json()["kpis"]
+            return Decimal(kpis["cost_usd"]), Decimal(kpis["guest_cost_usd"])
 
         before = cost()
+        session = new_session()
         body = guest_usage(
-            client, service_headers, new_session(), usage={"input_tokens": 10**6, "output_tokens": 10**6}
+            client, service_headers, session, usage={"input_tokens": 10**6, "output_tokens": 10**6}
         ).json()
-        assert cost() - before == Decimal(body["cost_usd"]) == Decimal("0.75")  # gpt-4o-mini: $0.15 + $0.60
+        after = cost()
+        assert Decimal(body["cost_usd"]) == Decimal("0.75")  # gpt-4o-mini: $0.15 + $0.60
+        assert (after[0] - before[0], after[1] - before[1]) == (Decimal("0.75"), Decimal("0.75"))
+        top = client.get("/v1/admin/metrics?days=1", headers=service_headers).json()["top_accounts"]
+        assert not [row for row in top if row["account_id"].startswith("guest:")]
 
     def test_a_replay_answers_once_and_another_body_is_409(self, client, service_headers, sql):
         session, key = new_session(), uuid.uuid4().hex

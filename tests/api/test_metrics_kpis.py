@@ -179,3 +179,27 @@ def test_the_window_stays_between_1_and_366_days(client, service_headers, days):
     for good in (1, 366):
         assert "mrr_minor" in kpis(client, service_headers, days=good)
     assert_problem(client.get(f"/v1/admin/metrics?days={days}", headers=service_headers), 422, "invalid_request")
+
+
+def test_top_models_counts_a_model_under_its_catalog_name(client, service_headers, make_account):
+    def requests(model: str) -> int:
+        top = client.get("/v1/admin/metrics?days=1", headers=service_headers).json()["top_models"]
+        return next((row["requests"] for row in top if row["model"] == model), 0)
+
+    account = make_account("pro")
+    before = requests("gpt-4o-mini")
+    for name in ("gpt-4o-mini", "openai/gpt-4o-mini", "GPT-4o-mini"):
+        answer = client.post(
+            "/v1/usage",
+            json={
+                "account_id": account,
+                "feature": "chat",
+                "model": name,
+                "usage": {"input_tokens": 10, "output_tokens": 10},
+                "idempotency_key": uuid.uuid4().hex,
+            },
+            headers=service_headers,
+        )
+        assert answer.status_code == 201, answer.text
+    assert requests("gpt-4o-mini") == before + 3
+    assert requests("openai/gpt-4o-mini") == requests("GPT-4o-mini") == 0

@@ -33,4 +33,5 @@ def metrics(caller: ServiceDep, ledger: LedgerDep, days: Annotated[int, Query(ge
     for row in answer["top_accounts"] + answer["top_features"]:
         row["other_keys"] = micro_map(row["other_keys"])
     answer["kpis"]["cost_usd"] = cost_usd(answer["kpis"].pop("cost_pico_usd"))
+    answer["kpis"]["guest_cost_usd"] = cost_usd(answer["kpis"].pop("guest_cost_pico_usd"))
     return answer

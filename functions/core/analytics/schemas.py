@@ -36,6 +36,7 @@ class Kpis(BaseModel):
     conversion: Conversion
     revenue_minor: int = Field(description="packs and subscriptions, net of refunds")
     cost_usd: str = Field(description="provider cost of the window's usage")
+    guest_cost_usd: str = Field(description="of that, the cost of guests' calls (reported with guest_session_id)")
     cost_minor: int | None = Field(
         description="cost_usd in minor units, rounded up; null unless the currency is usd (no exchange rate)"
     )
