@@ -3,6 +3,7 @@ and the ledger."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Annotated
 
@@ -14,6 +15,8 @@ from functions.core.ledger import Ledger, build_ledger
 from functions.core.settings import Settings
 
 _ledger_lock = threading.Lock()
+_told_no_address = threading.Event()
+logger = logging.getLogger("creditgate.auth")
 
 
 def get_settings(request: Request) -> Settings:
@@ -41,7 +44,16 @@ def get_optional_caller(
 ) -> Caller | None:
     peer = request.client.host if request.client else None
     ip = client_ip(peer, ",".join(request.headers.getlist("x-forwarded-for")), settings)
-    return authenticate(authorization, x_session_id, ip, settings)
+    caller = authenticate(authorization, x_session_id, ip, settings)
+    if caller is not None and caller.kind == "guest" and ip is None and not _told_no_address.is_set():
+        _told_no_address.set()
+        logger.warning(
+            "a guest came without a usable client address (peer %r, %d proxy hops trusted): guests' per-IP "
+            "limits do not apply to such calls; check CREDITGATE_TRUSTED_PROXY_HOPS",
+            peer,
+            settings.trusted_proxy_hops,
+        )
+    return caller
 
 
 OptionalCallerDep = Annotated[Caller | None, Depends(get_optional_caller)]

@@ -132,6 +132,16 @@ class TestClientIp:
         assert client_ip("10.0.0.1", "6.6.6.6", Settings(environment="test")) == "10.0.0.1"
         assert client_ip("testclient", None, Settings(environment="test")) is None
 
+    def test_a_guest_without_an_address_is_told_once_in_the_log(self, client, caplog, monkeypatch):
+        from functions.core import deps
+
+        monkeypatch.setattr(deps, "_told_no_address", threading.Event())
+        with caplog.at_level("WARNING", logger="creditgate.auth"):
+            for _ in range(2):  # the test client's peer is "testclient", not an address
+                client.get("/v1/entitlements", headers={"X-Session-Id": f"guest-{uuid.uuid4().hex}"})
+        told = [r for r in caplog.records if "without a usable client address" in r.getMessage()]
+        assert len(told) == 1
+
     def test_an_ipv6_client_is_its_64_network(self):
         settings = Settings(environment="test")
         assert client_ip("2001:db8:1:2:aaaa::1", None, settings) == "2001:db8:1:2::/64"
