@@ -1,7 +1,7 @@
 -- A guest's entitlements say when the guest limit is reached. They answered from the
 -- anonymous plan alone, so a UI drew the chat as open while every gate call of that
--- session (or address) was 429 guest_limit_reached. Now a guest's features of the plan
--- say `guest_limit_reached` (with its `scope`, session or ip, and `upgrade_to`) once
+-- session (or address) was 429 guest_limit_reached. Now a guest's features and agents of
+-- the plan say `guest_limit_reached` (with its `scope`, session or ip, and `upgrade_to`) once
 -- either count is used up, and the answer has `guest.exchanges_left` ("2 free messages
 -- left"), counted as guest_gate (103_guest_rate_limit.sql) counts.
 
@@ -55,6 +55,7 @@ BEGIN
       FROM creditgate.features f WHERE f.active),
     'agents', (SELECT coalesce(jsonb_object_agg(a.id, CASE
         WHEN a.id = ANY (v_plan.agents) THEN jsonb_build_object('allowed', true, 'name', a.name)
+          || coalesce(v_used_up || jsonb_build_object('upgrade_to', creditgate.upgrade_to(NULL, a.id)), '{}')
         ELSE jsonb_build_object('allowed', false, 'name', a.name, 'reason', 'agent_not_in_plan',
           'upgrade_to', creditgate.upgrade_to(NULL, a.id)) END), '{}')
       FROM creditgate.agents a WHERE a.active));

@@ -74,3 +74,31 @@ def test_it_serves_users_and_guests_and_sigterm_stops_it_and_its_database(tmp_pa
             process.kill()
         if pid_file.exists():  # do not leave a server behind when the test fails
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGQUIT)
+
+
+def test_dev_token_signs_only_with_make_devs_own_secret(tmp_path, monkeypatch):
+    import jwt
+
+    from functions.core import cli
+
+    monkeypatch.setattr(cli, "STATE_DIR", tmp_path)
+    monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
+    assert cli.main(["dev-token", "someone"]) == 2  # make dev never ran here
+    (tmp_path / "dev.env").write_text("SUPABASE_JWT_SECRET=local-secret-0123456789abcdef0123456789\n")
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", "a-deployments-secret-0123456789abcdef01")
+    assert cli.main(["dev-token", "someone"]) == 2  # not a token a deployment would accept
+    monkeypatch.delenv("SUPABASE_JWT_SECRET")
+    monkeypatch.setenv("CREDITGATE_JWT_AUDIENCE", "my-app")
+    token = _run_capturing(cli, ["dev-token", "someone", "--email", "s@example.com"])
+    claims = jwt.decode(token, "local-secret-0123456789abcdef0123456789", algorithms=["HS256"], audience="my-app")
+    assert (claims["sub"], claims["role"], claims["email"]) == ("someone", "authenticated", "s@example.com")
+
+
+def _run_capturing(cli, argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(argv) == 0
+    return out.getvalue().strip()

@@ -170,14 +170,21 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
 
     path = STATE_DIR / "dev.env"
     saved = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
-    secret = os.environ.get("SUPABASE_JWT_SECRET") or saved.get("SUPABASE_JWT_SECRET")
+    # Only the secret make dev made: one in the shell may be a deployment's, and a token
+    # signed with it would be accepted there.
+    secret = saved.get("SUPABASE_JWT_SECRET")
     if not secret:
-        raise ValueError("no SUPABASE_JWT_SECRET: run `make dev` once (it keeps one in .creditgate/dev.env)")
+        raise ValueError(
+            "no SUPABASE_JWT_SECRET in .creditgate/dev.env: make dev keeps one there unless SUPABASE_JWT_SECRET "
+            "is set in its environment (then sign tokens with that secret yourself)"
+        )
+    if os.environ.get("SUPABASE_JWT_SECRET", secret) != secret:
+        raise ValueError("SUPABASE_JWT_SECRET in this shell is not make dev's: unset it to sign a local token")
     now = int(time.time())
     claims = {
         "sub": args.user,
         "role": "authenticated",
-        "aud": "authenticated",
+        "aud": os.environ.get("CREDITGATE_JWT_AUDIENCE", "authenticated"),
         "iat": now,
         "exp": now + args.hours * 3600,
     }

@@ -319,6 +319,7 @@ class TestGateBadEstimates:
                 "estimate: Value error, an estimate names tokens or a quantity, not both",
             ),
             ({}, "estimate: Value error, an estimate names input_tokens, max_output_tokens or quantity"),
+            ({"input_tokens": 5, "quantity": None}, "estimate.quantity: Input should be a valid integer"),
         ],
     )
     def test_the_detail_names_the_field_and_the_rule(self, client, service_headers, estimate, detail):
@@ -368,6 +369,8 @@ class TestEntitlements:
         assert used_up["features"]["chat"]["reason"] == "guest_limit_reached"
         assert used_up["features"]["chat"]["upgrade_to"]
         assert used_up["features"]["quests"]["reason"] == "feature_not_in_plan"  # never in the plan
+        open_agent = next(a for a, v in fresh["agents"].items() if v["allowed"])
+        assert used_up["agents"][open_agent]["reason"] == "guest_limit_reached"
 
     def test_a_guest_whose_address_is_used_up_sees_it(self, settings, ledger, sql):
         app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)

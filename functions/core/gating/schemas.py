@@ -14,7 +14,8 @@ class Estimate(Strict):
 
     input_tokens: TokenCount = 0
     max_output_tokens: TokenCount = 0
-    quantity: Quantity | None = None
+    # Not `| None`: an explicit null is refused, as before (the default is never validated).
+    quantity: Quantity = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _tokens_or_quantity(self) -> Estimate:
@@ -108,8 +109,10 @@ class GateDenied(BaseModel):
     resets_at: str | None = Field(None, description="quota_exhausted: when the period's allowance comes back")
     retry_after: int | None = None
     limit: int | None = Field(None, description="rate_limited: the requests a minute allowed")
-    scope: Literal["account", "member"] | None = Field(
-        None, description="rate_limited: whose window is full, the account's or the calling member's"
+    scope: Literal["account", "member", "session", "ip"] | None = Field(
+        None,
+        description="rate_limited: whose window is full, the account's or the calling member's; "
+        "guest_limit_reached: the guest session's or the address's",
     )
 
 
@@ -126,6 +129,7 @@ class Entitlement(BaseModel):
         "quota_exhausted / guest_limit_reached",
     )
     upgrade_to: list[str] | None = None
+    scope: Literal["session", "ip"] | None = Field(None, description="guest_limit_reached: the limit used up")
 
 
 class GuestAllowance(BaseModel):
