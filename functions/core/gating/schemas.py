@@ -100,7 +100,9 @@ class GateDenied(BaseModel):
     status: int
     detail: str
     code: str
-    allowed: Literal[False]
+    allowed: Literal[False] = Field(
+        False, description="on a denial of the call; absent when the caller may not ask at all (403 forbidden)"
+    )
     key: str | None = Field(None, description="the balance that was short (402)")
     required: str | None = None
     available: str | None = None
@@ -138,7 +140,7 @@ class GuestAllowance(BaseModel):
 
 
 class Entitlements(BaseModel):
-    account_id: str | None
+    account_id: str | None = Field(None, description="absent for a guest")
     plan: dict
     status: str
     features: dict[str, Entitlement]
