@@ -75,7 +75,9 @@ class ServiceUnavailable(ProblemError):
 # Values the database could not take from the request: text where a number belongs, a
 # number or date out of range, a NUL character, text too long. Other data errors (a
 # division by zero) and CHECK violations (the ledger's own invariants) stay bugs: 500.
-BAD_VALUE_STATES = frozenset({"22P02", "22003", "22007", "22008", "22021", "22001", "22P05", "22004", "2202E"})
+BAD_VALUE_STATES = frozenset(
+    {"22P02", "22003", "22007", "22008", "22009", "22015", "22021", "22001", "22P05", "22004", "2202E"}
+)
 
 
 def data_problem(sqlstate: str, message: str | None) -> ProblemError | None:

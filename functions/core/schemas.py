@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9_.:@|-]{1,128}")
 # Guests' rows live under "guest:<session id>" (their gate calls' idempotency keys, deleted
@@ -38,6 +39,21 @@ def _account_id(value: str) -> str:
 
 AccountId = Annotated[str, Field(pattern=f"^{ACCOUNT_ID.pattern}$"), AfterValidator(_account_id)]
 GuestSessionId = Annotated[str, Field(pattern=f"^{GUEST_SESSION_ID.pattern}$")]
+
+
+def _in_utc(value: datetime) -> datetime:
+    # PostgreSQL takes UTC offsets up to ±15:59 where Python takes ±23:59 (a "-18:26" was a
+    # 500): the database is given UTC. A naive time stays as it came (read as UTC there).
+    if value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+
+
+Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
+AwareTimestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")]
 ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./:@+-]+$")]
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -230,6 +231,44 @@ class TestNulCharacters:
                 {"account_id": account, "amount": "lots", "source": "promo", "idempotency_key": "x", "reason": "x"},
             )
         assert (refused.value.status, refused.value.code) == (422, "invalid_request")
+        assert snapshot() == before
+
+
+class TestTimesPostgresCannotTake:
+    """Python takes UTC offsets up to ±23:59, PostgreSQL up to ±15:59: times go to the
+    database in UTC, and one that cannot be said in UTC is 422."""
+
+    def test_a_far_offset_is_the_same_instant(self, client, service_headers, account):
+        answer = client.get(
+            "/v1/usage",
+            params={"account_id": account, "to": "2024-12-05T06:58:43-18:26"},
+            headers=service_headers,
+        )
+        assert answer.status_code == 200, answer.text
+
+    def test_usage_and_grants_with_far_offsets_are_recorded(self, client, service_headers, account, sql):
+        when = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0)
+        far = when.astimezone(timezone(timedelta(hours=18)))
+        recorded = client.post("/v1/usage", json=usage(account, occurred_at=far.isoformat()), headers=service_headers)
+        assert recorded.status_code == 201, recorded.text
+        assert sql("SELECT created_at FROM creditgate.usage_events WHERE id = %s", recorded.json()["usage_id"]) == [
+            (when,)
+        ]
+        granted = client.post(
+            f"/v1/accounts/{account}/grants",
+            json={"amount": "1", "source": "promo", "reason": "r", "expires_at": "2999-01-01T00:00:00-18:59"},
+            headers={**service_headers, "Idempotency-Key": "far-offset"},
+        )
+        assert granted.status_code == 201, granted.text
+
+    def test_a_time_before_year_one_in_utc_is_422(self, client, service_headers, account, snapshot):
+        before = snapshot()
+        answer = client.get(
+            "/v1/usage",
+            params={"account_id": account, "from": "0001-01-01T00:00:00+18:00"},
+            headers=service_headers,
+        )
+        assert_problem(answer, 422, "invalid_request")
         assert snapshot() == before
 
 

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
 from functions.core.money import Credits, CreditsOrZero
-from functions.core.schemas import Slug, Strict
+from functions.core.schemas import Slug, Strict, Timestamp
 
 
 def _not_for_guests(plan: str) -> str:
@@ -90,7 +89,7 @@ class GrantPost(Strict):
     amount: Credits
     key: Slug = "credits"
     source: Literal["promo", "adjustment"]
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     reason: str = Field(min_length=1, max_length=500)
 
 

@@ -5,10 +5,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from functions.core.pricing import USAGE_FORMATS, TokenUsage, UsageFormatError, normalize_usage
-from functions.core.schemas import AccountId, GuestSessionId, IdempotencyKey, ModelName, Quantity, Slug, Strict
+from functions.core.schemas import (
+    AccountId,
+    AwareTimestamp,
+    GuestSessionId,
+    IdempotencyKey,
+    ModelName,
+    Quantity,
+    Slug,
+    Strict,
+)
 
 MAX_METADATA_BYTES = 8_192
 MAX_BACKDATE = timedelta(days=90)
@@ -35,7 +44,7 @@ class UsageRequest(Strict):
     session_id: str | None = Field(None, max_length=128)
     user_id: str | None = Field(None, max_length=128)
     metadata: dict[str, Any] | None = None
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: AwareTimestamp | None = Field(
         None,
         description="when the call happened, for usage reported late or backfilled (up to 90 days back): "
         "the usage row is dated then; it is charged to the balance as it is now",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -14,7 +13,7 @@ from functions.core.money import PRICE_FIELDS, format_micro, minor_to_major
 from functions.core.openapi import SIGNED_IN, problem
 from functions.core.present import cost_usd, micro_fields, micro_map, pack
 from functions.core.reporting.schemas import BalanceAnswer, Catalog, Health, Orders, Prices, Transactions, UsageSummary
-from functions.core.schemas import AccountId
+from functions.core.schemas import AccountId, Timestamp
 
 router = APIRouter(tags=["balance"])
 AccountQuery = Annotated[AccountId | None, Query(description="required with a service key")]
@@ -51,8 +50,8 @@ def usage_summary(
     caller: SignedInDep,
     ledger: LedgerDep,
     account_id: AccountQuery = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: Annotated[datetime | None, Query()] = None,
+    from_: Annotated[Timestamp | None, Query(alias="from")] = None,
+    to: Annotated[Timestamp | None, Query()] = None,
     group_by: Annotated[
         str,
         Query(
