@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Stopped by Ctrl-C (130) or SIGTERM (143) is how a dev server ends, not an error.
 dev: install
-	$(VENV)/bin/creditgate dev
+	@$(VENV)/bin/creditgate dev; status=$$?; [ $$status -eq 130 ] || [ $$status -eq 143 ] || exit $$status
 
 test: install
 	$(PY) -m pytest

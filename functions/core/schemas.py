@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
@@ -41,10 +41,15 @@ AccountId = Annotated[str, Field(pattern=f"^{ACCOUNT_ID.pattern}$"), AfterValida
 GuestSessionId = Annotated[str, Field(pattern=f"^{GUEST_SESSION_ID.pattern}$")]
 
 
+PG_MAX_OFFSET = timedelta(hours=16)
+
+
 def _in_utc(value: datetime) -> datetime:
     # PostgreSQL takes UTC offsets up to ±15:59 where Python takes ±23:59 (a "-18:26" was a
-    # 500): the database is given UTC. A naive time stays as it came (read as UTC there).
-    if value.tzinfo is None:
+    # 500): such a time is given to the database in UTC. Others stay as sent, so a request
+    # body stored for idempotency before this reads the same (a replay is not a 409).
+    offset = value.utcoffset()
+    if offset is None or abs(offset) < PG_MAX_OFFSET:
         return value
     try:
         return value.astimezone(UTC)

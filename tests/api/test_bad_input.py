@@ -261,6 +261,15 @@ class TestTimesPostgresCannotTake:
         )
         assert granted.status_code == 201, granted.text
 
+    def test_a_time_postgres_takes_reaches_it_as_sent(self, account):
+        """Replays hash the request as sent: converting every time would turn a retry sent
+        before an upgrade into a 409."""
+        from functions.core.metering.schemas import UsageRequest
+
+        when = (datetime.now(UTC) - timedelta(days=1)).astimezone(timezone(timedelta(hours=5)))
+        sent = UsageRequest.model_validate(usage(account, occurred_at=when.isoformat())).to_rpc()
+        assert sent["occurred_at"] == when.isoformat()
+
     def test_a_time_before_year_one_in_utc_is_422(self, client, service_headers, account, snapshot):
         before = snapshot()
         answer = client.get(
