@@ -76,8 +76,8 @@ def test_bad_missing_or_stale_signatures_are_400_and_change_nothing(stripe_http,
         b"[1, 2]",
         b'{"id": "evt_1", "type": "x"}',
         b'{"id": "evt_1", "type": "x", "created": "soon", "data": {"object": {}}}',
-        # Signed, well formed, but a field of the wrong type for the database.
-        b'{"id": "evt_t", "object": "event", "type": "charge.refunded", "created": 1700000000, '
+        # Signed, but an amount the ledger cannot keep: refused before the database.
+        b'{"id": "evt_s", "object": "event", "type": "charge.refunded", "created": 1700000000, '
         b'"data": {"object": {"id": "ch_t", "object": "charge", "amount": "x", "amount_refunded": "y"}}}',
     ],
 )
@@ -86,8 +86,36 @@ def test_malformed_events_with_a_valid_signature_are_400(stripe_http, fake, sql,
     response = post(stripe_http, payload, {"Stripe-Signature": fake.sign_payload(payload, WEBHOOK_SECRET)})
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_payload"
-    if b"evt_t" in payload:  # refused by the database, not before it
-        assert "cannot be stored" in response.json()["detail"]
+    if b"evt_s" in payload:
+        assert "must be a non-negative integer" in response.json()["detail"]
+    assert counts(sql) == before
+
+
+def test_a_field_only_the_database_refuses_is_400_and_stores_nothing(stripe_http, fake, sql, make_account):
+    """The net under the event checks: a value the ledger cannot cast (a line item's
+    quantity here) rolls the event back and is answered as the payload's fault."""
+    account = make_account("free")
+    event = {
+        "id": "evt_db_refuses",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": 1700000000,
+        "data": {
+            "object": {
+                "id": "cs_db_refuses",
+                "object": "checkout.session",
+                "mode": "payment",
+                "payment_status": "paid",
+                "metadata": {"account_id": account},
+                "line_items": {"data": [{"quantity": "x", "price": {"id": "price_nowhere"}}]},
+            }
+        },
+    }
+    before = counts(sql)
+    payload = json.dumps(event).encode()
+    response = post(stripe_http, payload, {"Stripe-Signature": fake.sign_payload(payload, WEBHOOK_SECRET)})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_payload" and "cannot be stored" in response.json()["detail"]
     assert counts(sql) == before
 
 

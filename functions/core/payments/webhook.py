@@ -19,6 +19,25 @@ DISPUTES = ("charge.dispute.created", "charge.dispute.closed")
 # Outcomes where money may have moved and no account was credited or changed.
 NEEDS_AN_OPERATOR = frozenset({"unknown_account", "unknown_pack", "unknown_plan", "unknown_price"})
 
+# What the ledger keeps of each event it applies, in columns that refuse a null or a
+# negative amount: a signed event without them is a payload problem (400), not a fault.
+# Each: fields of data.object that must be a non-empty string, and amounts that must be a
+# non-negative integer (or, where Stripe may leave them out, may be null).
+SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    # (required strings, required amounts, amounts that may be null)
+    "checkout.session.completed": (("id",), (), ("amount_total",)),
+    "checkout.session.async_payment_succeeded": (("id",), (), ("amount_total",)),
+    "checkout.session.async_payment_failed": (("id",), (), ()),
+    "checkout.session.expired": (("id",), (), ()),
+    "charge.refunded": (("id",), ("amount", "amount_refunded"), ()),
+    "charge.dispute.created": (("id", "currency", "status"), ("amount",), ()),
+    "charge.dispute.closed": (("id", "currency", "status"), ("amount",), ()),
+    "invoice.paid": (("id",), (), ("amount_paid",)),
+    "customer.subscription.created": (("id",), (), ()),
+    "customer.subscription.updated": (("id",), (), ()),
+    "customer.subscription.deleted": (("id",), (), ()),
+}
+
 
 class InvalidSignature(ProblemError):
     status, code, title = 400, "invalid_signature", "Invalid Stripe signature"
@@ -52,7 +71,29 @@ def verify(payload: bytes, header: str | None, secret: str) -> dict[str, Any]:
     )
     if not valid:
         raise InvalidPayload("Expected a Stripe event: id, type, created and data.object")
+    if problem := shape_problem(event):
+        raise InvalidPayload(f"{event['type']}: {problem}")
     return event
+
+
+def _amount(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def shape_problem(event: dict[str, Any]) -> str | None:
+    """What an event the ledger applies lacks, or None."""
+    strings, amounts, optional = SHAPES.get(event["type"], ((), (), ()))
+    obj = event["data"]["object"]
+    for name in strings:
+        if not isinstance(obj.get(name), str) or not obj[name]:
+            return f"data.object.{name} must be a non-empty string"
+    for name in amounts:
+        if not _amount(obj.get(name)):
+            return f"data.object.{name} must be a non-negative integer"
+    for name in optional:
+        if obj.get(name) is not None and not _amount(obj[name]):
+            return f"data.object.{name} must be a non-negative integer or null"
+    return None
 
 
 def expand(event: dict[str, Any], settings: Settings) -> None:
@@ -64,13 +105,13 @@ def expand(event: dict[str, Any], settings: Settings) -> None:
     if not settings.stripe_secret_key:
         return
     obj = event["data"]["object"]
-    metadata = obj.get("metadata") or {}
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     if event["type"] in PAID_CHECKOUT and obj.get("mode") == "payment" and not metadata.get("pack"):
-        event["expanded"] = {"line_items": provider.session_line_items(settings, obj["id"])}
+        _expand(event, "line_items", lambda: provider.session_line_items(settings, obj["id"]))
     elif event["type"] in PAID_CHECKOUT and isinstance(obj.get("subscription"), str):
-        event["expanded"] = {"subscription": provider.retrieve_subscription(settings, obj["subscription"])}
+        _expand(event, "subscription", lambda: provider.retrieve_subscription(settings, obj["subscription"]))
     elif event["type"] in DISPUTES and isinstance(obj.get("charge"), str):
-        event["expanded"] = {"charge": provider.retrieve_charge(settings, obj["charge"])}
+        _expand(event, "charge", lambda: provider.retrieve_charge(settings, obj["charge"]))
     elif (
         event["type"] == "charge.refunded"
         and "invoice" not in obj
@@ -89,6 +130,18 @@ def expand(event: dict[str, Any], settings: Settings) -> None:
                 " is applied without its invoice, so a subscription's allowance is not taken back",
                 obj.get("id"),
             )
+
+
+def _expand(event: dict[str, Any], name: str, fetch: Any) -> None:
+    """event["expanded"][name] from Stripe. Something this key cannot find (a live event
+    sent to a test key) is left out and the event applied from what it says itself:
+    retrying could never find it. Any other failure is the 502 that makes Stripe retry."""
+    try:
+        event["expanded"] = {name: fetch()}
+    except provider.PaymentProviderError as error:
+        if error.fields.get("provider_status") != 404:
+            raise
+        logger.error("stripe: event %s (%s) names a %s this key cannot find", event["id"], event["type"], name)
 
 
 def handle_webhook(
