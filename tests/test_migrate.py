@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -82,91 +83,82 @@ class TestMigrate:
         assert checksums(database) == before
 
 
+@contextmanager
+def database_before(dsn: str, monkeypatch, version: int):
+    """A database of its own, migrated up to (not including) `version`, with the shipped
+    catalog loaded through that version's RPC: yields (url, ledger, upgrade), where
+    upgrade() closes the ledger and applies the rest, returning what it applied."""
+    from functions.core import database as db
+    from functions.core.catalog import DEFAULT_CATALOG, load_catalog, to_document
+    from functions.core.ledger.postgres import PostgresLedger
+
+    name = f"upgrade_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+    every_file = migrations()
+    ledger = PostgresLedger(url, max_size=1)
+    try:
+        monkeypatch.setattr(db, "migrations", lambda: [p for p in every_file if number(p.stem) < version])
+        migrate(url)
+        # (apply_catalog also sets what later versions added.)
+        ledger.apply_catalog(to_document(load_catalog(DEFAULT_CATALOG)))
+
+        def upgrade() -> list[str]:
+            ledger.close()
+            monkeypatch.setattr(db, "migrations", lambda: every_file)
+            return migrate(url)
+
+        yield url, ledger, upgrade
+    finally:
+        ledger.close()
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 class TestUpgrade:
     def test_a_database_in_use_gets_its_period_counters_and_no_notice_backlog(self, dsn, monkeypatch):
-        from functions.core import database as db
-        from functions.core.catalog import DEFAULT_CATALOG, load_catalog, to_document
-        from functions.core.ledger.postgres import PostgresLedger
-
-        name = f"upgrade_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-        try:
-            every_file = migrations()
-            monkeypatch.setattr(db, "migrations", lambda: [p for p in every_file if number(p.stem) < 96])
-            migrate(url)  # the database as it was before the counters existed
-            ledger = PostgresLedger(url, max_size=1)
-            try:
-                # The catalog RPC of that version (apply_catalog also sets what later ones added).
-                ledger.apply_catalog(to_document(load_catalog(DEFAULT_CATALOG)))
-                ledger.ensure_account({"account_id": "in-use", "plan": "free"})
-                for key in ("a", "b"):
-                    ledger.gate(
-                        {
-                            "account_id": "in-use",
-                            "feature": "ai_message",
-                            "mode": "commit",
-                            "estimate": {"quantity": 50},
-                            "idempotency_key": key,
-                        }
-                    )
-                with psycopg.connect(url, autocommit=True) as conn:  # a notice from before delivery existed
-                    conn.execute(
-                        "INSERT INTO creditgate.notices (account_id, key, kind, period_start) "
-                        "VALUES ('in-use', 'credits', 'allowance_75', now())"
-                    )
-            finally:
-                ledger.close()
-            monkeypatch.setattr(db, "migrations", lambda: every_file)
-            assert migrate(url) == [v for v in VERSIONS if number(v) >= 96]
+        with database_before(dsn, monkeypatch, 96) as (url, ledger, upgrade):  # before the counters existed
+            ledger.ensure_account({"account_id": "in-use", "plan": "free"})
+            for key in ("a", "b"):
+                ledger.gate(
+                    {
+                        "account_id": "in-use",
+                        "feature": "ai_message",
+                        "mode": "commit",
+                        "estimate": {"quantity": 50},
+                        "idempotency_key": key,
+                    }
+                )
+            execute(  # a notice from before delivery existed
+                url,
+                "INSERT INTO creditgate.notices (account_id, key, kind, period_start) "
+                "VALUES ('in-use', 'credits', 'allowance_75', now())",
+            )
+            assert upgrade() == [v for v in VERSIONS if number(v) >= 96]
             with psycopg.connect(url) as conn:
                 counters = dict(
                     conn.execute(
                         "SELECT key, used_this_period FROM creditgate.balances WHERE account_id = 'in-use'"
                     ).fetchall()
                 )
-            assert counters["credits"] == 20_000_000  # 2 × 50 messages at 0.2 credits
-            with psycopg.connect(url) as conn:
                 backlog = conn.execute(
                     "SELECT count(*) FROM creditgate.notices WHERE delivered_at IS NULL AND gave_up_at IS NULL"
                 ).fetchone()
-            assert backlog == (0,)  # an upgrade does not mail out old notices
-        finally:
-            with psycopg.connect(dsn, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        assert counters["credits"] == 20_000_000  # 2 × 50 messages at 0.2 credits
+        assert backlog == (0,)  # an upgrade does not mail out old notices
 
     def test_orders_made_before_118_keep_the_key_they_were_made_for(self, dsn, monkeypatch):
-        from functions.core import database as db
-        from functions.core.catalog import DEFAULT_CATALOG, load_catalog, to_document
-        from functions.core.ledger.postgres import PostgresLedger
-
-        name = f"upgrade_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-        try:
-            every_file = migrations()
-            monkeypatch.setattr(db, "migrations", lambda: [p for p in every_file if number(p.stem) < 118])
-            migrate(url)
-            ledger = PostgresLedger(url, max_size=1)
-            try:
-                ledger.apply_catalog(to_document(load_catalog(DEFAULT_CATALOG)))
-                ledger.ensure_account({"account_id": "buyer", "plan": "free"})
-                order = ledger.create_order({"account_id": "buyer", "kind": "pack", "item": "starter"})
-            finally:
-                ledger.close()
-            monkeypatch.setattr(db, "migrations", lambda: every_file)
-            migrate(url)
+        with database_before(dsn, monkeypatch, 118) as (url, ledger, upgrade):
+            ledger.ensure_account({"account_id": "buyer", "plan": "free"})
+            order = ledger.create_order({"account_id": "buyer", "kind": "pack", "item": "starter"})
+            upgrade()
             execute(url, "UPDATE creditgate.packs SET key = 'requests' WHERE id = 'starter'")  # edited afterwards
             with psycopg.connect(url) as conn:
                 row = conn.execute(
                     "SELECT key, creditgate.order_key(o) FROM creditgate.orders o WHERE id = %s", (order["order_id"],)
                 ).fetchone()
-            assert row == ("credits", "credits")
-        finally:
-            with psycopg.connect(dsn, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        assert row == ("credits", "credits")
 
 
 class TestUninstall:

@@ -235,63 +235,45 @@ class TestGateAsGuest:
         body = assert_problem(answers[-1], 429, "rate_limited")
         assert body["limit"] == limit and answers[-1].headers["Retry-After"]
 
-    def test_guests_are_capped_per_ip_across_sessions(self, settings, ledger):
+    @staticmethod
+    def guest_calls(settings, ledger, headers_of) -> list:
+        """24 guest chats behind one trusted proxy hop, 3 each from 8 sessions, with the
+        headers headers_of(n) gives the n-th session (a fresh X-Session-Id is added)."""
         app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
-        ip = unique_ip()
-        statuses = []
+        answers = []
         with TestClient(app) as client:
             for n in range(8):
                 for _ in range(3):
-                    response = client.post(
-                        "/v1/gate",
-                        json={"feature": "chat"},
-                        headers={
-                            "X-Session-Id": f"ip-test-{ip}-{n}-{uuid.uuid4().hex[:6]}"[:60],
-                            "X-Forwarded-For": f"203.0.113.9, {ip}",
-                        },
-                    )
-                    statuses.append(response.status_code)
-                    if response.status_code == 429:
-                        assert response.json()["scope"] == "ip"
+                    session = ("X-Session-Id", f"guest-{n}-{uuid.uuid4().hex[:12]}")
+                    answers.append(client.post("/v1/gate", json={"feature": "chat"}, headers=[session, *headers_of(n)]))
+        return answers
+
+    def test_guests_are_capped_per_ip_across_sessions(self, settings, ledger):
+        ip = unique_ip()
+        answers = self.guest_calls(settings, ledger, lambda n: [("X-Forwarded-For", f"203.0.113.9, {ip}")])
+        statuses = [a.status_code for a in answers]
         assert statuses.count(200) == 20 and statuses.count(429) == 4
+        assert {a.json()["scope"] for a in answers if a.status_code == 429} == {"ip"}
 
     def test_a_forged_first_header_line_does_not_hide_the_proxys(self, settings, ledger):
         """A proxy that adds its own X-Forwarded-For line leaves the client's line first."""
-        app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
         real = unique_ip()
-        statuses = []
-        with TestClient(app) as client:
-            for n in range(8):
-                for _ in range(3):
-                    response = client.post(
-                        "/v1/gate",
-                        json={"feature": "chat"},
-                        headers=[
-                            ("X-Session-Id", f"forged-{n}-{uuid.uuid4().hex[:12]}"),
-                            ("X-Forwarded-For", unique_ip()),  # the client's own, different each time
-                            ("X-Forwarded-For", real),  # the proxy's
-                        ],
-                    )
-                    statuses.append(response.status_code)
+        answers = self.guest_calls(
+            settings,
+            ledger,
+            # The client's own line, different each time, then the proxy's.
+            lambda n: [("X-Forwarded-For", unique_ip()), ("X-Forwarded-For", real)],
+        )
+        statuses = [a.status_code for a in answers]
         assert statuses.count(200) == 20 and statuses.count(429) == 4
 
     def test_one_ipv6_network_is_one_client(self, settings, ledger):
         """Fresh addresses inside one /64 do not buy fresh guest allowances."""
-        app = build_app(settings=settings.model_copy(update={"trusted_proxy_hops": 1}), ledger=ledger)
         network = f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
-        statuses = []
-        with TestClient(app) as client:
-            for n in range(8):
-                for _ in range(3):
-                    response = client.post(
-                        "/v1/gate",
-                        json={"feature": "chat"},
-                        headers={
-                            "X-Session-Id": f"v6-test-{n}-{uuid.uuid4().hex[:12]}",
-                            "X-Forwarded-For": f"{network}:{uuid.uuid4().hex[:4]}::{n + 1}",
-                        },
-                    )
-                    statuses.append(response.status_code)
+        answers = self.guest_calls(
+            settings, ledger, lambda n: [("X-Forwarded-For", f"{network}:{uuid.uuid4().hex[:4]}::{n + 1}")]
+        )
+        statuses = [a.status_code for a in answers]
         assert statuses.count(200) == 20 and statuses.count(429) == 4
 
     def test_a_locked_agent_is_refused_to_guests(self, client):
