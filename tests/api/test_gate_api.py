@@ -276,6 +276,14 @@ class TestGateAsGuest:
         statuses = [a.status_code for a in answers]
         assert statuses.count(200) == 20 and statuses.count(429) == 4
 
+    def test_a_guests_answer_names_the_model_asked_for(self, client):
+        answer = client.post(
+            "/v1/gate",
+            json={"feature": "chat", "model": "gpt-4o-mini"},
+            headers={"X-Session-Id": f"guest-{uuid.uuid4().hex}"},
+        )
+        assert answer.status_code == 200 and answer.json()["model"] == "gpt-4o-mini"
+
     def test_a_locked_agent_is_refused_to_guests(self, client):
         response = client.post(
             "/v1/gate",

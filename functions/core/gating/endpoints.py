@@ -65,13 +65,16 @@ def gate(
         if caller.kind == "user":
             request["user_id"] = caller.user_id
     try:
-        return present_gate(ledger.gate(request))
+        answer = ledger.gate(request)
     except ProblemError as denial:
         # Before the emergency switch: what it lets through still counts as a denial.
         count_denial(ledger, denial)
         if settings.enforcement != "monitor" or caller.kind == "guest" or denial.code not in NOT_ENFORCED:
             raise
         return not_enforced(denial, request, ledger)
+    # A guest's answer is the anonymous plan's and names no model of its own: the one asked for.
+    answer.setdefault("model", request.get("model"))
+    return present_gate(answer)
 
 
 # What the emergency switch lets through: running short of credits or quota. Plan access,
