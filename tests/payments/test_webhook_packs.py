@@ -177,6 +177,39 @@ def test_events_for_unknown_accounts_are_stored_logged_and_acknowledged(stripe_h
     assert any(event["id"] in r.getMessage() for r in caplog.records)
 
 
+def test_an_event_nothing_matched_is_told_to_the_operator_once(stripe_http, fake, sql, ledger):
+    session = fake.client().v1.checkout.sessions.create(
+        params={
+            "mode": "payment",
+            "line_items": [{"price": pack_price_id("growth"), "quantity": 1}],
+            "success_url": "https://example.com/ok",
+            "metadata": {"account_id": "nobody-" + new_key(), "pack": "growth"},
+        }
+    )
+    event = fake.complete_checkout(session.id)[0]
+    assert deliver(stripe_http, fake, event).status_code == 200
+    ignored = {**event, "id": "evt_" + new_key(), "type": "product.created"}  # stored, nothing to apply
+    assert deliver(stripe_http, fake, ignored).status_code == 200
+
+    for _ in range(2):
+        ledger.rpc("creditgate_record_operator_alerts", {})
+
+    alerts = sql(
+        "SELECT key, detail FROM creditgate.notices WHERE account_id = 'operator' AND kind = 'stripe_unapplied'"
+        " AND key IN (%s, %s)",
+        event["id"],
+        ignored["id"],
+    )
+    assert len(alerts) == 1 and alerts[0][0] == event["id"]
+    detail = alerts[0][1]
+    assert (detail["type"], detail["outcome"], detail["object_id"]) == (
+        "checkout.session.completed",
+        "unknown_account",
+        session.id,
+    )
+    assert detail["amount_minor"] == event["data"]["object"]["amount_total"]
+
+
 def test_unknown_event_types_are_acknowledged_and_stored(stripe_http, fake, sql):
     event = {
         "id": "evt_" + new_key(),
