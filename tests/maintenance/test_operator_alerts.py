@@ -82,3 +82,31 @@ def test_guest_abuse_from_one_ip_is_told(quiet, ledger, sql, client):
 def test_no_account_may_be_called_operator(client, service_headers):
     response = client.put("/v1/accounts/operator", json={}, headers=service_headers)
     assert response.status_code == 422 and response.json()["code"] == "invalid_request"
+
+
+class TestUnappliedStripeEvents:
+    def test_an_invoice_paid_for_a_subscription_the_account_left_is_told(self, quiet, ledger, sql):
+        event = f"evt_{uuid.uuid4().hex}"
+        sql(
+            "INSERT INTO creditgate.stripe_events (id, type, object_id, created, handled, outcome, payload)"
+            " VALUES (%s, 'invoice.paid', 'in_x', 1, false, 'other_subscription',"
+            ' \'{"data": {"object": {"amount_paid": 3900, "currency": "usd"}}}\')',
+            event,
+        )
+        ledger.rpc("creditgate_record_operator_alerts", {})
+        told = [a for a in alerts(sql) if a[0] == "stripe_unapplied" and a[1] == event]
+        assert len(told) == 1 and (told[0][2]["outcome"], told[0][2]["amount_minor"]) == ("other_subscription", 3900)
+
+    def test_is_offered_for_a_week_where_other_alerts_go_stale_in_a_day(self, quiet, ledger, sql):
+        money, cost = f"evt_{uuid.uuid4().hex}", f"cost-{uuid.uuid4().hex}"
+        sql(
+            "INSERT INTO creditgate.notices (account_id, key, kind, period_start, created_at, detail) VALUES"
+            " ('operator', %s, 'stripe_unapplied', now() - interval '2 days', now() - interval '2 days', '{}'),"
+            " ('operator', %s, 'daily_cost', now() - interval '2 days', now() - interval '2 days', '{}')",
+            money,
+            cost,
+        )
+        leased = ledger.rpc("creditgate_lease_notices", {"limit": 1000})["notices"]
+        assert [n["type"] for n in leased if n["key"] in (money, cost)] == ["alert.stripe_unapplied"]
+        assert sql("SELECT gave_up_at IS NOT NULL FROM creditgate.notices WHERE key = %s", cost) == [(True,)]
+        sql("UPDATE creditgate.notices SET delivered_at = now() WHERE key = %s", money)  # not left for later tests

@@ -106,7 +106,7 @@ def test_a_field_only_the_database_refuses_is_400_and_stores_nothing(stripe_http
                 "object": "checkout.session",
                 "mode": "payment",
                 "payment_status": "paid",
-                "metadata": {"account_id": account},
+                "metadata": {"account_id": account, "pack": "no-such-pack"},  # found by its line item
                 "line_items": {"data": [{"quantity": "x", "price": {"id": "price_nowhere"}}]},
             }
         },

@@ -107,11 +107,11 @@ def expand(event: dict[str, Any], settings: Settings) -> None:
     obj = event["data"]["object"]
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     if event["type"] in PAID_CHECKOUT and obj.get("mode") == "payment" and not metadata.get("pack"):
-        _expand(event, "line_items", lambda: provider.session_line_items(settings, obj["id"]))
+        event["expanded"] = {"line_items": provider.session_line_items(settings, obj["id"])}
     elif event["type"] in PAID_CHECKOUT and isinstance(obj.get("subscription"), str):
-        _expand(event, "subscription", lambda: provider.retrieve_subscription(settings, obj["subscription"]))
+        _expand_subscription(event, settings, obj["subscription"])
     elif event["type"] in DISPUTES and isinstance(obj.get("charge"), str):
-        _expand(event, "charge", lambda: provider.retrieve_charge(settings, obj["charge"]))
+        event["expanded"] = {"charge": provider.retrieve_charge(settings, obj["charge"])}
     elif (
         event["type"] == "charge.refunded"
         and "invoice" not in obj
@@ -132,16 +132,17 @@ def expand(event: dict[str, Any], settings: Settings) -> None:
             )
 
 
-def _expand(event: dict[str, Any], name: str, fetch: Any) -> None:
-    """event["expanded"][name] from Stripe. Something this key cannot find (a live event
-    sent to a test key) is left out and the event applied from what it says itself:
-    retrying could never find it. Any other failure is the 502 that makes Stripe retry."""
+def _expand_subscription(event: dict[str, Any], settings: Settings, subscription_id: str) -> None:
+    """The subscription a checkout started. One this key cannot find (a wrong key or mode)
+    is left out: the subscription's own events apply its plan. (The line items and a
+    disputed charge stay a 502 on any failure: without them nobody would be credited or
+    held, and Stripe's retries apply the event once the key is fixed.)"""
     try:
-        event["expanded"] = {name: fetch()}
+        event["expanded"] = {"subscription": provider.retrieve_subscription(settings, subscription_id)}
     except provider.PaymentProviderError as error:
         if error.fields.get("provider_status") != 404:
             raise
-        logger.error("stripe: event %s (%s) names a %s this key cannot find", event["id"], event["type"], name)
+        logger.error("stripe: event %s names subscription %s, which this key cannot find", event["id"], subscription_id)
 
 
 def handle_webhook(
