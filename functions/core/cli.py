@@ -137,10 +137,17 @@ def cmd_supabase_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_dev_secrets() -> dict[str, str]:
+    """What make dev kept in .creditgate/dev.env (NAME=value lines)."""
+    path = STATE_DIR / "dev.env"
+    if not path.exists():
+        return {}
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
 def _dev_secrets() -> dict[str, str]:
     """Secrets for local runs: the environment wins, else the ones generated last time."""
-    path = STATE_DIR / "dev.env"
-    saved = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
+    saved = _saved_dev_secrets()
     wanted = {
         "CREDITGATE_SERVICE_KEYS": "cg_dev_" + secrets.token_urlsafe(24),
         "CRON_SECRET": secrets.token_urlsafe(24),
@@ -159,6 +166,7 @@ def _dev_secrets() -> dict[str, str]:
             local.append(name)
             if name not in saved:
                 new.append(name)
+    path = STATE_DIR / "dev.env"
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items() if k in local))
     path.chmod(0o600)
     return values | {"_new": ", ".join(new), "_kept": ", ".join(n for n in local if n not in new)}
@@ -168,11 +176,9 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     """A signed-in user's token for `make dev`, signed with its SUPABASE_JWT_SECRET."""
     import jwt
 
-    path = STATE_DIR / "dev.env"
-    saved = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
     # Only the secret make dev made: one in the shell may be a deployment's, and a token
     # signed with it would be accepted there.
-    secret = saved.get("SUPABASE_JWT_SECRET")
+    secret = _saved_dev_secrets().get("SUPABASE_JWT_SECRET")
     if not secret:
         raise ValueError(
             "no SUPABASE_JWT_SECRET in .creditgate/dev.env: make dev keeps one there unless SUPABASE_JWT_SECRET "
