@@ -12,6 +12,8 @@ import threading
 import time
 from contextlib import contextmanager
 
+import pytest
+
 from tests.fakes.stripe_server import FakeStripe
 from tests.payments.conftest import (
     MICRO,
@@ -399,3 +401,68 @@ def test_a_full_refund_while_a_hold_is_open_ends_the_allowance_and_leaves_other_
             ledger.release_reservation({"reservation_id": hold})
             assert credits(ledger, account) == (welcome, 0)
         assert_reconciled(ledger, account)
+
+
+def end_hold(ledger, sql, hold: str, how: str) -> None:
+    """Ends an open hold: released, left to expire (the scheduler expires it), or settled."""
+    if how == "released":
+        ledger.release_reservation({"reservation_id": hold})
+    elif how == "expired":
+        sql("UPDATE creditgate.reservations SET expires_at = now() - interval '1 second' WHERE id = %s", hold)
+        ledger.run_maintenance({"limit": 5000})
+    else:
+        used = int(how.removeprefix("settled_"))
+        ledger.record_usage(
+            {"reservation_id": hold, "feature": "vm_minute", "quantity": used, "idempotency_key": new_key()}
+        )
+
+
+@pytest.mark.parametrize(
+    ("ends", "left", "taken_later"),
+    [
+        ("released", 750, 250),
+        ("expired", 750, 250),
+        ("settled_900", 0, 100),  # 100 freed, all of it due
+        ("settled_300", 450, 250),  # 700 freed, 250 of it due
+        ("settled_1000", 0, 0),  # nothing freed: what the call used stays used
+    ],
+)
+def test_what_a_hold_frees_of_a_partly_refunded_allowance_is_taken_back_when_it_ends(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome, ends, left, taken_later
+):
+    """A half refund is due 750 of the 1,500 credits; a hold keeps 1,000 of them, so only
+    500 can go at once. What the hold frees later goes too, up to the 250 still due; what
+    its call spends stays spent, and nothing becomes debt."""
+    account = make_account()
+    _, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    charge = paid_invoice(events)["charge"]
+    hold = hold_of(ledger, account, 1_000)
+    deliver_all(stripe_http, fake, fake.refund(charge, amount=PRO_PRICE // 2))
+    assert credits(ledger, account) == (welcome, 0)
+    assert refund_row(sql, charge)[1]["credits"] == 500 * MICRO
+    assert_reconciled(ledger, account)
+
+    end_hold(ledger, sql, hold, ends)
+    assert credits(ledger, account) == (welcome + left * MICRO, 0)
+    assert refund_row(sql, charge)[1]["credits"] == (500 + taken_later) * MICRO
+    assert_reconciled(ledger, account)
+
+
+def test_a_later_refund_counts_what_an_ended_hold_gave_back(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome
+):
+    """What was taken when the hold ended is the refund's: two thirds refunded in all are
+    due 1,000 credits, so the second refund takes 250 more, not 500."""
+    account = make_account()
+    _, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    charge = paid_invoice(events)["charge"]
+    hold = hold_of(ledger, account, 1_000)
+    deliver_all(stripe_http, fake, fake.refund(charge, amount=PRO_PRICE // 2))
+    ledger.release_reservation({"reservation_id": hold})
+    assert credits(ledger, account) == (welcome + 750 * MICRO, 0)
+    deliver_all(stripe_http, fake, fake.refund(charge, amount=PRO_PRICE * 2 // 3 - PRO_PRICE // 2))
+    assert credits(ledger, account) == (welcome + 500 * MICRO, 0)
+    assert refund_row(sql, charge)[1]["credits"] == 1_000 * MICRO
+    assert_reconciled(ledger, account)

@@ -1,0 +1,180 @@
+-- Generated from sql/123_refunds_under_holds.sql by `creditgate supabase-export`. Edit sql/123_refunds_under_holds.sql and
+-- run the command again; never edit this copy.
+-- What a hold kept of a refunded allowance. A subscription invoice's refund (109) takes
+-- back what is left of the period's allowance up to the refunded share, but never what an
+-- open hold keeps of it, and that part was lost to the refund for good: when the hold was
+-- released, expired, or settled for less than it held, what it freed went back to the
+-- user, though it had been refunded.
+--
+-- A refund that is still due something now says so (`owing`), for as long as the period
+-- it refunded is the account's, and its claw-back runs again when a hold frees what it
+-- kept. Each run takes what the first one did: what is left and unheld, up to the share
+-- still due, never as debt. What the hold's call spent stays spent, as what the user had
+-- used before the refund does.
+
+ALTER TABLE creditgate.invoice_refunds ADD COLUMN owing boolean NOT NULL DEFAULT false;
+CREATE INDEX invoice_refunds_owing ON creditgate.invoice_refunds (account_id) WHERE owing;
+
+-- Refunds made before this migration are looked at again the next time a hold of their
+-- account ends; one that is due nothing more is then no longer owing.
+UPDATE creditgate.invoice_refunds r SET owing = true
+WHERE EXISTS (SELECT 1 FROM creditgate.stripe_events e
+              WHERE e.object_id = r.invoice_id AND e.type = 'invoice.paid' AND e.handled);
+
+-- The claw-back of 109_subscription_refunds.sql, which also records whether the invoice's
+-- refunds are still due something that may yet be taken: while the account is in the
+-- refunded period (on its plan, or away from it and able to come back).
+CREATE OR REPLACE FUNCTION creditgate.claw_back_invoice(p_invoice_id text, p_account_id text, p_paid bigint,
+  p_plan text, p_start timestamptz, p_charge_id text)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+  v_account creditgate.accounts;
+  v_refunded bigint;
+  v_taken jsonb;
+  v_done jsonb := '{}';
+  k record;
+  v_grant creditgate.grants;
+  v_due bigint;
+  v_take bigint;
+  v_ended boolean := false;
+  v_spent boolean := false;
+  v_owing boolean := false;
+BEGIN
+  SELECT * INTO v_account FROM creditgate.accounts WHERE id = p_account_id;
+  SELECT coalesce(sum(least(refunded_minor, amount_minor)), 0) INTO v_refunded
+  FROM creditgate.invoice_refunds WHERE invoice_id = p_invoice_id;
+  SELECT coalesce(jsonb_object_agg(key, total), '{}') INTO v_taken
+  FROM (SELECT c.key, sum(c.value::bigint) AS total
+        FROM creditgate.invoice_refunds r, jsonb_each_text(r.clawed_back) c
+        WHERE r.invoice_id = p_invoice_id GROUP BY c.key) t;
+  FOR k IN
+    SELECT g.key, coalesce(sum(g.amount) FILTER (WHERE g.external_ref NOT LIKE '%:back:%'), 0) AS granted
+    FROM creditgate.grants g
+    WHERE g.account_id = p_account_id AND g.source = 'allowance' AND g.plan_id = p_plan AND g.period_start = p_start
+    GROUP BY g.key ORDER BY g.key
+  LOOP
+    v_due := CASE WHEN p_paid > 0 THEN floor(k.granted::numeric * least(v_refunded, p_paid) / p_paid)::bigint
+                  ELSE 0 END - coalesce((v_taken ->> k.key)::bigint, 0);
+    CONTINUE WHEN v_due <= 0;
+    IF (v_account.plan_id, v_account.period_start) IS DISTINCT FROM (p_plan, p_start) THEN
+      v_ended := true;
+      -- Away from the plan in the same period: a return would bring its allowance back.
+      v_owing := v_owing OR v_account.period_start = p_start;
+      CONTINUE;
+    END IF;
+    FOR v_grant IN
+      SELECT * FROM creditgate.grants
+      WHERE account_id = p_account_id AND key = k.key AND source = 'allowance' AND plan_id = p_plan
+        AND period_start = p_start AND live AND (expires_at IS NULL OR expires_at > now())
+      ORDER BY remaining DESC, id
+    LOOP
+      -- Only the part of the grant no open hold covers: holds take grants in burn order, so
+      -- what is reserved covers the grants up to this one first (as in expirable).
+      SELECT least(v_due, v_grant.remaining, b.available, greatest(
+               (SELECT coalesce(sum(o.remaining), 0) FROM creditgate.grants o
+                WHERE o.account_id = p_account_id AND o.key = k.key AND o.live
+                  AND (o.priority, o.expires_at, o.id) <= (v_grant.priority, v_grant.expires_at, v_grant.id))
+               - b.reserved, 0))
+      INTO v_take
+      FROM creditgate.balances b WHERE b.account_id = p_account_id AND b.key = k.key;
+      EXIT WHEN v_take <= 0;
+      PERFORM creditgate.claw_back(p_account_id, v_grant.external_ref, v_take, p_charge_id, k.key);
+      v_done := v_done || jsonb_build_object(k.key, coalesce((v_done ->> k.key)::bigint, 0) + v_take);
+      v_due := v_due - v_take;
+      EXIT WHEN v_due <= 0;
+    END LOOP;
+    IF v_due > 0 AND v_refunded >= p_paid THEN
+      -- Refunded in full while open holds keep part of it: the allowance ends now. Those
+      -- holds' calls (under way) may still spend what they keep; the rest expires as
+      -- they end (98_expiry_and_holds.sql).
+      UPDATE creditgate.grants SET expires_at = now()
+       WHERE account_id = p_account_id AND key = k.key AND source = 'allowance' AND plan_id = p_plan
+         AND period_start = p_start AND live AND expires_at > now();
+    END IF;
+    -- Still due: what holds keep, or what was used (later runs then take nothing). Not told
+    -- apart: a held part may expire when its hold ends, and come back with the plan.
+    v_owing := v_owing OR v_due > 0;
+    v_spent := v_spent OR NOT (v_done ? k.key);
+  END LOOP;
+  IF v_done <> '{}' THEN
+    UPDATE creditgate.invoice_refunds r
+       SET clawed_back = (SELECT jsonb_object_agg(x.key, coalesce((r.clawed_back ->> x.key)::bigint, 0)
+                                                         + coalesce((v_done ->> x.key)::bigint, 0))
+                          FROM jsonb_object_keys(r.clawed_back || v_done) AS x(key)),
+           updated_at = now()
+     WHERE charge_id = p_charge_id;
+  END IF;
+  UPDATE creditgate.invoice_refunds SET owing = v_owing
+   WHERE invoice_id = p_invoice_id AND owing IS DISTINCT FROM v_owing;
+  RETURN jsonb_build_object(
+    'outcome', CASE WHEN v_done <> '{}' THEN 'clawed_back' WHEN v_ended THEN 'allowance_ended'
+                    WHEN v_spent THEN 'allowance_spent' ELSE 'already_clawed_back' END,
+    'clawed_back', v_done);
+END
+$$;
+
+-- Runs the claw-back again for the account's refunds that are still owing, reading each
+-- invoice's plan, period and amount paid from its stored invoice.paid as the refund did.
+-- The caller holds the account's lock.
+CREATE FUNCTION creditgate.take_owed_refunds(p_account_id text)
+RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+  r record;
+  v_paid jsonb;
+  v_period record;
+BEGIN
+  FOR r IN
+    SELECT invoice_id, min(charge_id) AS charge_id FROM creditgate.invoice_refunds
+    WHERE account_id = p_account_id AND owing GROUP BY invoice_id ORDER BY invoice_id
+  LOOP
+    SELECT payload INTO v_paid FROM creditgate.stripe_events
+     WHERE object_id = r.invoice_id AND type = 'invoice.paid' AND handled ORDER BY created, received_at LIMIT 1;
+    SELECT * INTO v_period FROM creditgate.invoice_period(v_paid #> '{data,object}');
+    PERFORM creditgate.claw_back_invoice(r.invoice_id, p_account_id,
+      coalesce((v_paid #>> '{data,object,amount_paid}')::bigint, 0), v_period.plan_id,
+      to_timestamp(v_period.period_start), r.charge_id);
+  END LOOP;
+END
+$$;
+
+-- The free_hold of 108_request_holds.sql: what the hold frees is first what refunds are
+-- owed, then the user's.
+CREATE OR REPLACE FUNCTION creditgate.free_hold(p_account_id text, p_key text, p_amount bigint)
+RETURNS void LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+  v_balance creditgate.balances;
+  v_left bigint := p_amount;
+  v_take bigint;
+  g creditgate.grants;
+BEGIN
+  IF p_amount <= 0 THEN
+    RETURN;
+  END IF;
+  SELECT * INTO v_balance FROM creditgate.balances WHERE account_id = p_account_id AND key = p_key;
+  IF v_balance.debt > 0 THEN
+    FOR g IN
+      SELECT * FROM creditgate.grants
+      WHERE account_id = p_account_id AND key = p_key AND live AND expires_at <= now()
+      ORDER BY priority, expires_at, id
+    LOOP
+      v_balance.available := v_left;
+      v_take := creditgate.expirable(g, v_balance);
+      CONTINUE WHEN v_take <= 0;
+      UPDATE creditgate.grants SET remaining = remaining - v_take WHERE id = g.id;
+      UPDATE creditgate.balances SET reserved = reserved - v_take
+       WHERE account_id = p_account_id AND key = p_key
+      RETURNING * INTO v_balance;
+      PERFORM creditgate.journal(v_balance, 'expire', -v_take, g.id, NULL, g.source, g.external_ref);
+      v_left := v_left - v_take;
+    END LOOP;
+  END IF;
+  -- Nothing consumed, the rest freed (paying debt first).
+  PERFORM creditgate.consume(p_account_id, p_key, 0, NULL, v_left);
+  PERFORM creditgate.take_owed_refunds(p_account_id);
+  PERFORM creditgate.expire_grants(p_account_id, p_key);
+END
+$$;
+
+SELECT creditgate.secure();
+
+INSERT INTO creditgate.schema_migrations (version) VALUES ('123_refunds_under_holds') ON CONFLICT DO NOTHING;
