@@ -466,3 +466,56 @@ def test_a_later_refund_counts_what_an_ended_hold_gave_back(
     assert credits(ledger, account) == (welcome + 500 * MICRO, 0)
     assert refund_row(sql, charge)[1]["credits"] == 1_000 * MICRO
     assert_reconciled(ledger, account)
+
+
+def to_plan(client, fake, sub: str, plan: str) -> None:
+    deliver_all(client, fake, fake.update_subscription_price(sub, plan_price_id(plan)))
+
+
+@pytest.mark.parametrize("hold_ends", ["before", "while_away", "after"])
+@pytest.mark.parametrize(("refunded", "kept"), [(PRO_PRICE, 0), (PRO_PRICE // 2, 750)])
+def test_a_plan_round_trip_never_gives_back_a_refunded_allowance(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome, hold_ends, refunded, kept
+):
+    """pro -> business -> pro in one period gives back what expired of pro's allowance on
+    leaving: never what its refund was due, whether a hold kept that part when the refund
+    came and ended before the trip, while on business, or after the return."""
+    account = make_account()
+    sub, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    hold = hold_of(ledger, account, 1_000)
+    deliver_all(stripe_http, fake, fake.refund(paid_invoice(events)["charge"], amount=refunded))
+    if hold_ends == "before":
+        ledger.release_reservation({"reservation_id": hold})
+    to_plan(stripe_http, fake, sub, "business")
+    if hold_ends == "while_away":
+        ledger.release_reservation({"reservation_id": hold})
+    to_plan(stripe_http, fake, sub, "pro")
+    if hold_ends == "after":
+        ledger.release_reservation({"reservation_id": hold})
+    assert credits(ledger, account) == (welcome + kept * MICRO, 0)
+    assert balance(ledger, account, "requests") == (PRO["requests"] - PRO["requests"] * refunded // PRO_PRICE, 0)
+    assert_reconciled(ledger, account)
+
+
+def test_a_refund_delivered_while_on_another_plan_is_taken_when_the_allowance_comes_back(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome
+):
+    """The refund finds pro's allowance ended (the account is on business) and takes
+    nothing; coming back to pro in the same period brings back only the unrefunded part."""
+    account = make_account()
+    sub, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    to_plan(stripe_http, fake, sub, "business")
+    refund = fake.refund(paid_invoice(events)["charge"], amount=PRO_PRICE // 2)
+    deliver_all(stripe_http, fake, refund)
+    assert outcome(sql, refund[0]) == (True, "allowance_ended")
+    to_plan(stripe_http, fake, sub, "pro")
+    assert credits(ledger, account) == (welcome + 750 * MICRO, 0)
+    assert balance(ledger, account, "tokens") == (PRO["tokens"] // 2, 0)
+    assert_reconciled(ledger, account)
+    # Another trip brings back the 750 that expired, and only that.
+    to_plan(stripe_http, fake, sub, "business")
+    to_plan(stripe_http, fake, sub, "pro")
+    assert credits(ledger, account) == (welcome + 750 * MICRO, 0)
+    assert_reconciled(ledger, account)
