@@ -210,6 +210,30 @@ def test_gemini_whole_response_and_missing_counts():
     assert normalize_usage("gemini", response) == TokenUsage(input_tokens=8, output_tokens=0)
 
 
+@pytest.mark.parametrize(
+    "meta",
+    [{"totalTokenCount": 5000}, {"candidatesTokenCount": 100, "totalTokenCount": 5100}, {"total_token_count": 9}],
+)
+def test_gemini_usage_without_a_prompt_count_is_refused(meta):
+    # Gemini leaves zero counts out, but no call has an empty prompt: these were billed
+    # as if the prompt had cost nothing.
+    with pytest.raises(UsageFormatError, match="promptTokenCount is missing"):
+        normalize_usage("gemini", {"usageMetadata": meta})
+
+
+@pytest.mark.parametrize("total_key", ["totalTokenCount", "total_token_count"])
+def test_gemini_tokens_the_total_counts_beyond_its_parts_are_billed_as_output(total_key):
+    # A thinking count an SDK dropped, or the Live API's responseTokenCount in place of
+    # candidatesTokenCount: the total still counts them.
+    meta = {"promptTokenCount": 1000, "candidatesTokenCount": 200, total_key: 1000 + 200 + 300}
+    assert normalize_usage("gemini", meta) == TokenUsage(input_tokens=1000, output_tokens=500, reasoning_tokens=300)
+    live = {"promptTokenCount": 1000, "responseTokenCount": 700, total_key: 1700}
+    assert normalize_usage("gemini", live) == TokenUsage(input_tokens=1000, output_tokens=700, reasoning_tokens=700)
+    # A total below the parts' sum takes nothing away.
+    short = {"promptTokenCount": 1000, "candidatesTokenCount": 200, total_key: 1000}
+    assert normalize_usage("gemini", short) == TokenUsage(input_tokens=1000, output_tokens=200)
+
+
 def test_gemini_python_sdk_snake_case():
     raw = {
         "usage_metadata": {
@@ -229,6 +253,51 @@ def test_gemini_python_sdk_snake_case():
 def test_gemini_object_without_any_count_is_refused(raw):
     with pytest.raises(UsageFormatError, match="no Gemini token counts"):
         normalize_usage("gemini", raw)
+
+
+@pytest.mark.parametrize(
+    ("usage_format", "response", "expected"),
+    [
+        (
+            "openai",
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+                "usage": {
+                    "prompt_tokens": 100,
+                    "completion_tokens": 20,
+                    "prompt_tokens_details": {"cached_tokens": 64},
+                },
+            },
+            TokenUsage(input_tokens=100, cached_input_tokens=64, output_tokens=20),
+        ),
+        (
+            "openai_responses",
+            {
+                "id": "resp_1",
+                "object": "response",
+                "output": [],
+                "usage": {"input_tokens": 100, "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 8}},
+            },
+            TokenUsage(input_tokens=100, output_tokens=20, reasoning_tokens=8),
+        ),
+        (
+            "anthropic",
+            {
+                "id": "msg_1",
+                "type": "message",
+                "content": [],
+                "usage": {"input_tokens": 10, "cache_read_input_tokens": 90, "output_tokens": 20},
+            },
+            TokenUsage(input_tokens=100, cached_input_tokens=90, output_tokens=20),
+        ),
+    ],
+)
+def test_a_whole_response_is_billed_by_its_usage(usage_format, response, expected):
+    # Gemini's whole response was accepted; the others said "prompt_tokens is missing".
+    assert normalize_usage(usage_format, response) == expected
+    assert normalize_usage(usage_format, response["usage"]) == expected
 
 
 # --- rejections ----------------------------------------------------------------------

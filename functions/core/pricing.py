@@ -76,6 +76,11 @@ def normalize_usage(usage_format: str, raw: Any) -> TokenUsage:
         raise UsageFormatError(f"unknown usage_format {usage_format!r}; expected one of {', '.join(USAGE_FORMATS)}")
     if not isinstance(raw, Mapping):
         raise UsageFormatError(f"{usage_format} usage must be a JSON object, got {type(raw).__name__}")
+    # The whole response may be passed (a chat completion, a Responses object, an Anthropic
+    # message): what is billed is its `usage`, as Gemini's usageMetadata is found below.
+    first_count = _FIRST_COUNT.get(usage_format)
+    if first_count and first_count not in raw and isinstance(raw.get("usage"), Mapping):
+        raw = raw["usage"]
     fields = parser(_Reader(usage_format, raw))
     try:
         return TokenUsage(**fields)
@@ -268,18 +273,19 @@ def _gemini(r: _Reader) -> dict[str, int]:
         if wrapper in meta:
             meta = r.section(meta, wrapper)
             break
-    # Missing Gemini counts mean zero, but an object with none of them is not Gemini
-    # usage at all (another provider's object, a wrong key): billing it as zero tokens
-    # would silently give the call away.
+    # An object with no Gemini count at all is not Gemini usage (another provider's
+    # object, a wrong key): billing it as zero tokens would give the call away.
     if not _GEMINI_ALL_KEYS.intersection(meta):
         raise r.fail("no Gemini token counts found (expected usageMetadata.promptTokenCount, …)")
 
-    def get(name: str) -> tuple[int, str]:
+    def get(name: str, required: bool = False) -> tuple[int, str]:
         camel, snake = _GEMINI_KEYS[name]
-        key = camel if meta.get(camel) is not None else snake
-        return r.count(meta, key) or 0, key
+        key = camel if meta.get(camel) is not None or meta.get(snake) is None else snake
+        return r.count(meta, key, required=required) or 0, key
 
-    prompt, prompt_key = get("prompt")
+    # Gemini leaves zero counts out, so a missing output count is zero; but every call
+    # has a prompt, and a usage without one has lost it.
+    prompt, prompt_key = get("prompt", required=True)
     cached, cached_key = get("cached")
     candidates, _ = get("candidates")
     thoughts, _ = get("thoughts")
@@ -288,13 +294,22 @@ def _gemini(r: _Reader) -> dict[str, int]:
     # promptTokenCount already includes the cached content; tool-use prompts (search
     # grounding, code execution) are reported beside it and are input too.
     r.part_within(cached, cached_key, prompt, prompt_key)
+    # totalTokenCount is the sum of those parts. Tokens it counts that no part names (a
+    # thinking count an SDK dropped, the Live API's responseTokenCount) are output the
+    # parts missed: billed as reasoning, as in the OpenAI-compatible shapes, not lost.
+    total_key = "totalTokenCount" if meta.get("totalTokenCount") is not None else "total_token_count"
+    total = r.count(meta, total_key, limit=4 * MAX_TOKENS)
+    missed = max((total or 0) - prompt - tool_prompt - candidates - thoughts, 0)
     return {
         "input_tokens": prompt + tool_prompt,
         "cached_input_tokens": cached,
-        "output_tokens": candidates + thoughts,
-        "reasoning_tokens": thoughts,
+        "output_tokens": candidates + thoughts + missed,
+        "reasoning_tokens": thoughts + missed,
     }
 
+
+# The count each usage object has at its top level, and a whole response does not.
+_FIRST_COUNT = {"openai": "prompt_tokens", "openai_responses": "input_tokens", "anthropic": "input_tokens"}
 
 _PARSERS = {
     "openai": _openai_chat,

@@ -251,6 +251,18 @@ class TestPostUsageRawFormats:
             canonical.get("cache_write_tokens", 0),
         )
 
+    def test_gemini_usage_that_lost_its_prompt_count_is_422_and_not_recorded(
+        self, client, service_headers, make_account, sql
+    ):
+        account = make_account("pro")
+        raw = {"usageMetadata": {"candidatesTokenCount": 100, "totalTokenCount": 5100}}
+        response = post_usage(
+            client, service_headers, account, model="gemini-2.5-flash", raw_usage=raw, usage_format="gemini"
+        )
+        assert_problem(response, 422, "invalid_request")
+        assert "promptTokenCount" in response.json()["detail"]
+        assert sql("SELECT count(*) FROM creditgate.usage_events WHERE account_id = %s", account)[0][0] == 0
+
     def test_raw_usage_needs_its_format(self, client, service_headers, make_account):
         account = make_account("pro")
         response = post_usage(client, service_headers, account, model="gpt-4o", raw_usage={"prompt_tokens": 1})
