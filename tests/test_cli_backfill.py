@@ -3,6 +3,7 @@ grant to every account, both safe to run again. On a database of its own (it gra
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -65,8 +66,30 @@ def test_a_grant_needs_a_reason_and_a_tag(database, capsys):
 def test_an_operators_mistake_is_one_line_not_a_traceback(database, monkeypatch, capsys):
     assert main(["backfill", "--grant", "abc", "--reason", "x", "--tag", "t"]) == 2
     assert "must be a decimal number" in capsys.readouterr().err
-    assert main(["grant", "nobody-here", "5", "--reason", "x"]) == 2
+    assert main(["grant", "nobody-here", "5", "--reason", "x", "--idempotency-key", "k"]) == 2
     assert "Account not found" in capsys.readouterr().err
     monkeypatch.delenv("DATABASE_URL")
     assert main(["reconcile"]) == 2
     assert "set DATABASE_URL" in capsys.readouterr().err
+
+
+def test_grant_needs_a_key_and_running_it_again_grants_once(database, capsys):
+    # Without a key, running the command again after a timeout granted twice.
+    with pytest.raises(SystemExit):
+        main(["grant", "someone", "3", "--reason", "sorry"])
+    account = f"cli-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("SELECT public.creditgate_ensure_account(%s::jsonb)", (f'{{"account_id": "{account}"}}',))
+    command = ["grant", account, "3", "--reason", "sorry", "--idempotency-key", "apology-1"]
+    capsys.readouterr()
+    assert main(command) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(command) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert first["amount"] == "3" and again["replayed"] is True and again["grant_id"] == first["grant_id"]
+    assert isinstance(first["balance"]["available"], str)
+    with psycopg.connect(database) as conn:
+        granted = conn.execute(
+            "SELECT count(*) FROM creditgate.grants WHERE account_id = %s AND source = 'adjustment'", (account,)
+        ).fetchone()[0]
+    assert granted == 1

@@ -4,6 +4,7 @@ deployment's would, and stopping it stops its database."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def test_it_serves_users_and_guests_and_sigterm_stops_it_and_its_database(tmp_pa
         base = f"http://127.0.0.1:{port}"
         banner = (tmp_path / "out.txt").read_text()
         assert "cron secret" in banner and "dev-token" in banner
+        assert re.search(r"enforcement +enforce\n", banner)
 
         # A signed-in user, with the token `creditgate dev-token` prints.
         token = subprocess.run(

@@ -82,6 +82,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_grant(args: argparse.Namespace) -> int:
     from functions.core.money import to_micro
+    from functions.core.present import micro_fields
 
     answer = _ledger().grant_credits(
         {
@@ -90,10 +91,12 @@ def cmd_grant(args: argparse.Namespace) -> int:
             "key": args.key,
             "source": args.source,
             "reason": args.reason,
-            "idempotency_key": args.idempotency_key or secrets.token_hex(16),
+            "idempotency_key": args.idempotency_key,
         }
     )
-    print(json.dumps(answer, indent=2, default=str))
+    # As POST /v1/accounts/{id}/grants answers: amounts in credits, a replay said.
+    answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
+    print(json.dumps(micro_fields(answer, ("amount",)), indent=2, default=str))
     return 0
 
 
@@ -230,6 +233,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 creditgate is running at {base}   (API docs: {base}/docs)
   database      {os.environ["DATABASE_URL"]}{"  (embedded, data in .creditgate/pgdata)" if server else ""}
   payments      {os.environ.get("CREDITGATE_PAYMENTS") or ("stripe" if os.environ.get("STRIPE_SECRET_KEY") else "simulated")}
+  enforcement   {os.environ.get("CREDITGATE_ENFORCEMENT") or "enforce"}{"  (the emergency switch: running short of credits or quota is allowed and said)" if os.environ.get("CREDITGATE_ENFORCEMENT") == "monitor" else ""}
   service key   {key}
   cron secret   {found["CRON_SECRET"]}
   secrets       new: {new or "none"}; from .creditgate/dev.env: {kept or "none"}
@@ -284,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     grant.add_argument("--reason", required=True)
     grant.add_argument("--key", default="credits")
     grant.add_argument("--source", choices=["promo", "adjustment"], default="adjustment")
-    grant.add_argument("--idempotency-key")
+    # Required, as by the HTTP API: running the command again (after a timeout, say) with
+    # the same key grants once.
+    grant.add_argument("--idempotency-key", required=True, help="the same key again is a replay, not a new grant")
     grant.set_defaults(run=cmd_grant)
     backfill = sub.add_parser("backfill", help="accounts for existing Supabase users, and a grant to every account")
     backfill.add_argument("--plan", default="free", help="plan of the accounts created (default free)")

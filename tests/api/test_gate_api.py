@@ -417,8 +417,25 @@ class TestEnforcementOff:
         body = answer.json()
         assert body["allowed"] is True and body["reservation"] is None and body["warnings"] == ["not_enforced"]
         assert body["not_enforced"]["code"] == "insufficient_credits"
+        # The answer names the plan and balance as an allowed answer does (both were null).
+        assert body["plan"] == "free" and body["balance"] == {"key": "credits", "available": "150"}
         assert sql("SELECT count(*) FROM creditgate.reservations WHERE account_id = %s", account) == [(0,)]
         assert ledger.reconcile(account)["ok"]
+
+    def test_entitlements_do_not_lock_what_the_gate_lets_through(
+        self, monitor, client, service_headers, make_account, ledger
+    ):
+        account = make_account("free")
+        ledger.debit({"account_id": account, "amount": 150_000_000, "reason": "spent", "idempotency_key": "spent"})
+        enforced = client.get("/v1/entitlements", params={"account_id": account}, headers=service_headers).json()
+        assert enforced["features"]["chat"]["allowed"] is False
+        assert enforced["features"]["chat"]["reason"] == "insufficient_credits"
+        answer = monitor.get("/v1/entitlements", params={"account_id": account}, headers=service_headers).json()
+        chat = answer["features"]["chat"]
+        assert chat["allowed"] is True and chat["not_enforced"] == "insufficient_credits" and "reason" not in chat
+        # What monitor mode still enforces stays locked.
+        assert answer["agents"]["builder"]["allowed"] is False
+        assert answer["agents"]["builder"]["reason"] == "agent_not_in_plan"
 
     def test_a_commit_is_recorded_as_usage_and_becomes_debt(self, monitor, service_headers, make_account, ledger):
         account = make_account("free")
@@ -428,6 +445,7 @@ class TestEnforcementOff:
         first = monitor.post("/v1/gate", json=big, headers=service_headers).json()
         again = monitor.post("/v1/gate", json=big, headers=service_headers).json()  # a replay charges once
         assert first["charged"] == again["charged"] and first["usage_id"] == again["usage_id"]
+        assert first["plan"] == "free" and first["balance"] == {"key": "credits", "available": "0"}
         credits = next(b for b in ledger.balance(account)["balances"] if b["key"] == "credits")
         assert credits["available"] == 0 and credits["debt"] > 0
         assert ledger.reconcile(account)["ok"]

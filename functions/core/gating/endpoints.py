@@ -107,10 +107,16 @@ def not_enforced(denial: ProblemError, request: dict, ledger: LedgerDep) -> dict
             }
         recorded = ledger.record_usage(usage)
         charged, usage_id = format_micro(recorded["cost"]), recorded["usage_id"]
+    # The plan and balance an allowed answer names: a second read, paid only on this path.
+    now = ledger.entitlements(request["account_id"])
+    feature = now["features"].get(request["feature"]) or {}
+    balance = None
+    if feature.get("balance_key") and isinstance(feature.get("available"), int):
+        balance = {"key": feature["balance_key"], "available": format_micro(feature["available"])}
     return {
         "allowed": True,
         "account_id": request.get("account_id"),
-        "plan": denial.fields.get("plan"),
+        "plan": now["plan"]["id"],
         "feature": request["feature"],
         "agent": request.get("agent"),
         "model": request.get("model"),
@@ -119,7 +125,7 @@ def not_enforced(denial: ProblemError, request: dict, ledger: LedgerDep) -> dict
         "reservation": None,
         "charged": charged,
         "usage_id": usage_id,
-        "balance": None,
+        "balance": balance,
         "warnings": ["not_enforced"],
         "not_enforced": denial.body(),
     }
@@ -130,6 +136,7 @@ def not_enforced(denial: ProblemError, request: dict, ledger: LedgerDep) -> dict
 def entitlements(
     caller: CallerDep,
     ledger: LedgerDep,
+    settings: SettingsDep,
     account_id: Annotated[AccountId | None, Query()] = None,
     x_account_id: AccountHeader = None,
 ) -> dict:
@@ -140,6 +147,11 @@ def entitlements(
     for item in answer["features"].values():
         if isinstance(item.get("available"), int):
             item["available"] = micro_fields(item, ("available",))["available"]
+    if settings.enforcement == "monitor" and caller.kind != "guest":
+        # What the gate lets through is not drawn locked: allowed, saying what it would be.
+        for item in (*answer["features"].values(), *answer["agents"].values()):
+            if item.get("reason") in NOT_ENFORCED:
+                item.update(allowed=True, not_enforced=item.pop("reason"))
     return answer
 
 

@@ -74,7 +74,7 @@ class Reservation(BaseModel):
 class GateAllowed(BaseModel):
     allowed: Literal[True]
     account_id: str | None
-    plan: str | None = Field(description="null only in a not_enforced answer")
+    plan: str | None
     feature: str
     agent: str | None = None
     model: str | None = None
@@ -87,8 +87,8 @@ class GateAllowed(BaseModel):
     warnings: list[str]
     not_enforced: dict | None = Field(
         None,
-        description="CREDITGATE_ENFORCEMENT=monitor: the denial (problem) this call would have got; "
-        "nothing was reserved or charged, record the usage afterwards",
+        description="CREDITGATE_ENFORCEMENT=monitor: the denial (problem) this call would have got. Nothing "
+        "was reserved: a commit was recorded as usage (debt where short); after a reserve, record the usage",
     )
 
 
@@ -132,6 +132,9 @@ class Entitlement(BaseModel):
     )
     upgrade_to: list[str] | None = None
     scope: Literal["session", "ip"] | None = Field(None, description="guest_limit_reached: the limit used up")
+    not_enforced: str | None = Field(
+        None, description="CREDITGATE_ENFORCEMENT=monitor: the denial the gate lets through (allowed is true)"
+    )
 
 
 class GuestAllowance(BaseModel):
