@@ -97,6 +97,10 @@ class TestPostUsagePricing:
             ("claude-haiku-4-5@20251001", "claude-haiku-4-5"),  # Vertex AI's
             ("claude-3-7-sonnet-20250219", "claude-3-7-sonnet-20250219"),  # listed as is: the exact name wins
             ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),  # a snapshot priced unlike gpt-4o is listed
+            ("gemini-2.0-flash-001", "gemini/gemini-2.0-flash"),  # Google's stable version (Vertex AI)
+            ("models/gemini-2.0-flash-001", "gemini/gemini-2.0-flash"),  # the Gemini API's modelVersion
+            ("anthropic.claude-haiku-4-5-20251001-v1:0", "claude-haiku-4-5"),  # Amazon Bedrock's model id
+            ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),  # a Bedrock inference profile
         ],
     )
     def test_names_providers_send_back_are_priced_as_the_model_they_name(
@@ -138,10 +142,14 @@ class TestPostUsagePricing:
         )
         assert rows[0] == rows[1] and rows[0][0] > 0  # the same call, the same provider cost, either way
 
-    def test_a_dated_name_of_an_unknown_model_is_still_unknown(self, client, service_headers, make_account):
+    @pytest.mark.parametrize(
+        "model",
+        ["gpt-404-2024-07-18", "gemini-0.9-flash-001", "anthropic.claude-404-v1:0", "gpt-4.1-mini.x", "gpt-4-001"],
+    )
+    def test_a_versioned_name_of_an_unknown_model_is_still_unknown(self, client, service_headers, make_account, model):
         account = make_account("pro")
         response = post_usage(
-            client, service_headers, account, model="gpt-404-2024-07-18", usage={"input_tokens": 1, "output_tokens": 1}
+            client, service_headers, account, model=model, usage={"input_tokens": 1, "output_tokens": 1}
         )
         assert_problem(response, 422, "unknown_model")
 
