@@ -1,0 +1,145 @@
+-- Generated from sql/126_refunds_owing_what_may_come.sql by `creditgate supabase-export`. Edit sql/126_refunds_owing_what_may_come.sql and
+-- run the command again; never edit this copy.
+-- Refunds owing for good. A refund still due part of its share is `owing`
+-- (123_refunds_under_holds.sql), and every hold end of its account, every settle, release
+-- and expiry, runs its claw-back again while it is. But what it is still due is most often
+-- what the user had used before the refund (a half refund after 60% of the allowance was
+-- used: the 40% left goes, the other 10% was used), which nothing can ever give back: that
+-- refund stayed owing until the period ended, and each hold end in it read the invoice
+-- again and walked its allowance, to take nothing (a release took about 20% longer).
+--
+-- A refund is now owing only while something of the allowance it refunded may yet come to
+-- it: a part of it holds keep (a hold's end frees it, or it expires then), or what expired
+-- of it and a return to the plan within the period would give back. Otherwise the claw-back
+-- is not run again: what was used stays used, as before.
+--
+-- And the claw-back stopped at the first grant of the allowance it could take nothing from
+-- (all of it held), leaving the grants after it: back on a plan while a hold kept part of
+-- its allowance, what expired on leaving comes back as its own grant, unheld, and a refund
+-- then took none of it, though the user could spend it. It now looks at each grant.
+
+-- Whether a later claw-back of a refunded allowance (plan, period, key) may find something:
+-- what is left of its grants (only holds keep it once a claw-back has run: it takes the rest
+-- up to the share), or more of it expired than returns to the plan gave back (the next
+-- return gives that back, 98_expiry_and_holds.sql).
+CREATE FUNCTION creditgate.allowance_to_come(p_account_id text, p_key text, p_plan text, p_start timestamptz)
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+DECLARE
+  v_ids bigint[];
+  v_given_back bigint;
+  v_expired bigint;
+BEGIN
+  IF EXISTS (SELECT 1 FROM creditgate.grants
+             WHERE account_id = p_account_id AND key = p_key AND source = 'allowance' AND plan_id = p_plan
+               AND period_start = p_start AND live) THEN
+    RETURN true;
+  END IF;
+  SELECT array_agg(id), coalesce(sum(amount) FILTER (WHERE external_ref LIKE '%:back:%'), 0)
+    INTO v_ids, v_given_back
+  FROM creditgate.grants
+  WHERE account_id = p_account_id AND key = p_key AND source = 'allowance' AND plan_id = p_plan
+    AND period_start = p_start;
+  SELECT coalesce(-sum(amount), 0) INTO v_expired FROM creditgate.ledger_entries
+  WHERE grant_id = ANY (v_ids) AND kind = 'expire';
+  RETURN v_expired > v_given_back;
+END
+$$;
+
+-- The claw-back of 123_refunds_under_holds.sql: owing only while something may come to it,
+-- and every grant of the allowance looked at.
+CREATE OR REPLACE FUNCTION creditgate.claw_back_invoice(p_invoice_id text, p_account_id text, p_paid bigint,
+  p_plan text, p_start timestamptz, p_charge_id text)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+  v_account creditgate.accounts;
+  v_refunded bigint;
+  v_taken jsonb;
+  v_done jsonb := '{}';
+  k record;
+  v_grant creditgate.grants;
+  v_due bigint;
+  v_take bigint;
+  v_ended boolean := false;
+  v_spent boolean := false;
+  v_owing boolean := false;
+BEGIN
+  SELECT * INTO v_account FROM creditgate.accounts WHERE id = p_account_id;
+  SELECT coalesce(sum(least(refunded_minor, amount_minor)), 0) INTO v_refunded
+  FROM creditgate.invoice_refunds WHERE invoice_id = p_invoice_id;
+  SELECT coalesce(jsonb_object_agg(key, total), '{}') INTO v_taken
+  FROM (SELECT c.key, sum(c.value::bigint) AS total
+        FROM creditgate.invoice_refunds r, jsonb_each_text(r.clawed_back) c
+        WHERE r.invoice_id = p_invoice_id GROUP BY c.key) t;
+  FOR k IN
+    SELECT g.key, coalesce(sum(g.amount) FILTER (WHERE g.external_ref NOT LIKE '%:back:%'), 0) AS granted
+    FROM creditgate.grants g
+    WHERE g.account_id = p_account_id AND g.source = 'allowance' AND g.plan_id = p_plan AND g.period_start = p_start
+    GROUP BY g.key ORDER BY g.key
+  LOOP
+    v_due := CASE WHEN p_paid > 0 THEN floor(k.granted::numeric * least(v_refunded, p_paid) / p_paid)::bigint
+                  ELSE 0 END - coalesce((v_taken ->> k.key)::bigint, 0);
+    CONTINUE WHEN v_due <= 0;
+    IF (v_account.plan_id, v_account.period_start) IS DISTINCT FROM (p_plan, p_start) THEN
+      v_ended := true;
+      -- Away from the plan in the same period: a return would bring back what expired of
+      -- its allowance, and what holds keep of it expires as they end.
+      v_owing := v_owing OR (v_account.period_start = p_start
+                             AND creditgate.allowance_to_come(p_account_id, k.key, p_plan, p_start));
+      CONTINUE;
+    END IF;
+    FOR v_grant IN
+      SELECT * FROM creditgate.grants
+      WHERE account_id = p_account_id AND key = k.key AND source = 'allowance' AND plan_id = p_plan
+        AND period_start = p_start AND live AND (expires_at IS NULL OR expires_at > now())
+      ORDER BY remaining DESC, id
+    LOOP
+      -- Only the part of the grant no open hold covers: holds take grants in burn order, so
+      -- what is reserved covers the grants up to this one first (as in expirable).
+      SELECT least(v_due, v_grant.remaining, b.available, greatest(
+               (SELECT coalesce(sum(o.remaining), 0) FROM creditgate.grants o
+                WHERE o.account_id = p_account_id AND o.key = k.key AND o.live
+                  AND (o.priority, o.expires_at, o.id) <= (v_grant.priority, v_grant.expires_at, v_grant.id))
+               - b.reserved, 0))
+      INTO v_take
+      FROM creditgate.balances b WHERE b.account_id = p_account_id AND b.key = k.key;
+      -- (Taken largest first, not in burn order: a grant holds cover may come before one
+      -- they do not, a return's ':back:' grant behind the held original.)
+      CONTINUE WHEN v_take <= 0;
+      PERFORM creditgate.claw_back(p_account_id, v_grant.external_ref, v_take, p_charge_id, k.key);
+      v_done := v_done || jsonb_build_object(k.key, coalesce((v_done ->> k.key)::bigint, 0) + v_take);
+      v_due := v_due - v_take;
+      EXIT WHEN v_due <= 0;
+    END LOOP;
+    IF v_due > 0 AND v_refunded >= p_paid THEN
+      -- Refunded in full while open holds keep part of it: the allowance ends now. Those
+      -- holds' calls (under way) may still spend what they keep; the rest expires as
+      -- they end (98_expiry_and_holds.sql).
+      UPDATE creditgate.grants SET expires_at = now()
+       WHERE account_id = p_account_id AND key = k.key AND source = 'allowance' AND plan_id = p_plan
+         AND period_start = p_start AND live AND expires_at > now();
+    END IF;
+    -- Still due, and something of the allowance may yet be taken: what holds keep, or what
+    -- expired of it (a return to the plan brings that back). What was used never comes back.
+    v_owing := v_owing OR (v_due > 0 AND creditgate.allowance_to_come(p_account_id, k.key, p_plan, p_start));
+    v_spent := v_spent OR NOT (v_done ? k.key);
+  END LOOP;
+  IF v_done <> '{}' THEN
+    UPDATE creditgate.invoice_refunds r
+       SET clawed_back = (SELECT jsonb_object_agg(x.key, coalesce((r.clawed_back ->> x.key)::bigint, 0)
+                                                         + coalesce((v_done ->> x.key)::bigint, 0))
+                          FROM jsonb_object_keys(r.clawed_back || v_done) AS x(key)),
+           updated_at = now()
+     WHERE charge_id = p_charge_id;
+  END IF;
+  UPDATE creditgate.invoice_refunds SET owing = v_owing
+   WHERE invoice_id = p_invoice_id AND owing IS DISTINCT FROM v_owing;
+  RETURN jsonb_build_object(
+    'outcome', CASE WHEN v_done <> '{}' THEN 'clawed_back' WHEN v_ended THEN 'allowance_ended'
+                    WHEN v_spent THEN 'allowance_spent' ELSE 'already_clawed_back' END,
+    'clawed_back', v_done);
+END
+$$;
+
+SELECT creditgate.secure();
+
+INSERT INTO creditgate.schema_migrations (version) VALUES ('126_refunds_owing_what_may_come') ON CONFLICT DO NOTHING;
