@@ -88,6 +88,18 @@ def test_grant_needs_a_key_and_running_it_again_grants_once(database, capsys):
     again = json.loads(capsys.readouterr().out)
     assert first["amount"] == "3" and again["replayed"] is True and again["grant_id"] == first["grant_id"]
     assert isinstance(first["balance"]["available"], str)
+    # Only what the HTTP grant answers: no micro-credit fields beside the decimal ones.
+    assert set(again) == {
+        "grant_id",
+        "account_id",
+        "amount",
+        "key",
+        "source",
+        "expires_at",
+        "reason",
+        "balance",
+        "replayed",
+    }
     with psycopg.connect(database) as conn:
         granted = conn.execute(
             "SELECT count(*) FROM creditgate.grants WHERE account_id = %s AND source = 'adjustment'", (account,)

@@ -81,6 +81,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_grant(args: argparse.Namespace) -> int:
+    from functions.core.accounts.schemas import GrantAnswer
     from functions.core.money import to_micro
     from functions.core.present import micro_fields
 
@@ -94,9 +95,10 @@ def cmd_grant(args: argparse.Namespace) -> int:
             "idempotency_key": args.idempotency_key,
         }
     )
-    # As POST /v1/accounts/{id}/grants answers: amounts in credits, a replay said.
+    # As POST /v1/accounts/{id}/grants answers: its fields, amounts in credits, a replay said.
     answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
-    print(json.dumps(micro_fields(answer, ("amount",)), indent=2, default=str))
+    shown = GrantAnswer.model_validate(micro_fields(answer, ("amount",))).model_dump(mode="json")
+    print(json.dumps(shown, indent=2))
     return 0
 
 
