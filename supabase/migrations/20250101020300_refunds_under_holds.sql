@@ -6,11 +6,18 @@
 -- released, expired, or settled for less than it held, what it freed went back to the
 -- user, though it had been refunded.
 --
--- A refund that is still due something now says so (`owing`), for as long as the period
--- it refunded is the account's, and its claw-back runs again when a hold frees what it
--- kept. Each run takes what the first one did: what is left and unheld, up to the share
--- still due, never as debt. What the hold's call spent stays spent, as what the user had
--- used before the refund does.
+-- A refund that is still due something that may yet come to it now says so (`owing`): a
+-- part of the allowance holds keep (a hold's end frees it, or it expires then), or what
+-- expired of it and a return to the plan within the period would give back. Its claw-back
+-- runs again when a hold frees what it kept. Each run takes what the first one did: what
+-- is left and unheld, up to the share still due, never as debt. What the hold's call spent
+-- stays spent, as what the user had used before the refund does, and a refund due only
+-- that is not owing (it would run on every hold end of the period to take nothing).
+--
+-- The claw-back also looks at each grant of the allowance: it stopped at the first one it
+-- could take nothing from (all of it held), and back on a plan while a hold kept part of its
+-- allowance, what expired on leaving comes back as its own unheld grant, which a refund then
+-- left to the user.
 
 ALTER TABLE creditgate.invoice_refunds ADD COLUMN owing boolean NOT NULL DEFAULT false;
 CREATE INDEX invoice_refunds_owing ON creditgate.invoice_refunds (account_id) WHERE owing;
@@ -21,9 +28,35 @@ UPDATE creditgate.invoice_refunds r SET owing = true
 WHERE EXISTS (SELECT 1 FROM creditgate.stripe_events e
               WHERE e.object_id = r.invoice_id AND e.type = 'invoice.paid' AND e.handled);
 
+-- Whether a later claw-back of a refunded allowance (plan, period, key) may find something:
+-- what is left of its grants (only holds keep it once a claw-back has run: it takes the rest
+-- up to the share), or more of it expired than returns to the plan gave back (the next
+-- return gives that back, 98_expiry_and_holds.sql).
+CREATE FUNCTION creditgate.allowance_to_come(p_account_id text, p_key text, p_plan text, p_start timestamptz)
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+DECLARE
+  v_ids bigint[];
+  v_given_back bigint;
+  v_expired bigint;
+BEGIN
+  IF EXISTS (SELECT 1 FROM creditgate.grants
+             WHERE account_id = p_account_id AND key = p_key AND source = 'allowance' AND plan_id = p_plan
+               AND period_start = p_start AND live) THEN
+    RETURN true;
+  END IF;
+  SELECT array_agg(id), coalesce(sum(amount) FILTER (WHERE external_ref LIKE '%:back:%'), 0)
+    INTO v_ids, v_given_back
+  FROM creditgate.grants
+  WHERE account_id = p_account_id AND key = p_key AND source = 'allowance' AND plan_id = p_plan
+    AND period_start = p_start;
+  SELECT coalesce(-sum(amount), 0) INTO v_expired FROM creditgate.ledger_entries
+  WHERE grant_id = ANY (v_ids) AND kind = 'expire';
+  RETURN v_expired > v_given_back;
+END
+$$;
+
 -- The claw-back of 109_subscription_refunds.sql, which also records whether the invoice's
--- refunds are still due something that may yet be taken: while the account is in the
--- refunded period (on its plan, or away from it and able to come back).
+-- refunds are still due something that may yet be taken.
 CREATE OR REPLACE FUNCTION creditgate.claw_back_invoice(p_invoice_id text, p_account_id text, p_paid bigint,
   p_plan text, p_start timestamptz, p_charge_id text)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = '' AS $$
@@ -58,8 +91,10 @@ BEGIN
     CONTINUE WHEN v_due <= 0;
     IF (v_account.plan_id, v_account.period_start) IS DISTINCT FROM (p_plan, p_start) THEN
       v_ended := true;
-      -- Away from the plan in the same period: a return would bring its allowance back.
-      v_owing := v_owing OR v_account.period_start = p_start;
+      -- Away from the plan in the same period: a return would bring back what expired of
+      -- its allowance, and what holds keep of it expires as they end.
+      v_owing := v_owing OR (v_account.period_start = p_start
+                             AND creditgate.allowance_to_come(p_account_id, k.key, p_plan, p_start));
       CONTINUE;
     END IF;
     FOR v_grant IN
@@ -77,7 +112,9 @@ BEGIN
                - b.reserved, 0))
       INTO v_take
       FROM creditgate.balances b WHERE b.account_id = p_account_id AND b.key = k.key;
-      EXIT WHEN v_take <= 0;
+      -- (Taken largest first, not in burn order: a grant holds cover may come before one
+      -- they do not, a return's ':back:' grant behind the held original.)
+      CONTINUE WHEN v_take <= 0;
       PERFORM creditgate.claw_back(p_account_id, v_grant.external_ref, v_take, p_charge_id, k.key);
       v_done := v_done || jsonb_build_object(k.key, coalesce((v_done ->> k.key)::bigint, 0) + v_take);
       v_due := v_due - v_take;
@@ -91,9 +128,9 @@ BEGIN
        WHERE account_id = p_account_id AND key = k.key AND source = 'allowance' AND plan_id = p_plan
          AND period_start = p_start AND live AND expires_at > now();
     END IF;
-    -- Still due: what holds keep, or what was used (later runs then take nothing). Not told
-    -- apart: a held part may expire when its hold ends, and come back with the plan.
-    v_owing := v_owing OR v_due > 0;
+    -- Still due, and something of the allowance may yet be taken: what holds keep, or what
+    -- expired of it (a return to the plan brings that back). What was used never comes back.
+    v_owing := v_owing OR (v_due > 0 AND creditgate.allowance_to_come(p_account_id, k.key, p_plan, p_start));
     v_spent := v_spent OR NOT (v_done ? k.key);
   END LOOP;
   IF v_done <> '{}' THEN

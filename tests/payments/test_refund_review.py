@@ -1,4 +1,4 @@
-"""Review of sql/123_refunds_under_holds.sql and sql/124_refunds_and_round_trips.sql: a
+"""Refunds under holds (sql/123_refunds_under_holds.sql, 124_refunds_and_round_trips.sql): a
 subscription refund still due something is `owing`, and every hold end (and a return to a
 plan) runs its claw-back again. What a refund can still take, when, under which lock and
 at what cost on the settle path."""
@@ -76,8 +76,8 @@ def test_a_refund_due_only_what_was_used_is_not_owing_and_hold_ends_do_not_run_i
     """1,200 of the 1,500 credits used, then a half (or full) refund: the 300 left go, the
     rest of the share was used and can never be taken. Nothing is held and nothing expired,
     so no hold end and no plan return can give the refund more: it is not owing, and a
-    settle, release or expiry does not run its claw-back again (it was owing, and run on
-    every hold end, for the rest of the period: sql/126)."""
+    settle, release or expiry does not run its claw-back again (a first version of sql/123
+    kept it owing, and ran it on every hold end, for the rest of the period)."""
     account = make_account()
     _, events = subscribe(stripe_http, fake, service_headers, account)
     deliver_all(stripe_http, fake, events)
