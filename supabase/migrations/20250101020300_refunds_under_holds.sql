@@ -14,6 +14,15 @@
 -- stays spent, as what the user had used before the refund does, and a refund due only
 -- that is not owing (it would run on every hold end of the period to take nothing).
 --
+-- What holds keep of the share is set aside when the refund comes: left in the allowance,
+-- another call's spend while the hold was open burned it (the allowance burns first), the
+-- hold's cover moved to the user's other credits, and when it ended nothing of the
+-- allowance was left to take: the refund lost what the hold had kept. Set aside as its own
+-- grant that ended then, the rules of 98_expiry_and_holds.sql keep it for the holds made
+-- before (their calls may still spend it); nothing else can burn it, and when they end it
+-- is the refund's. It belongs to no plan or period, so no allowance sum counts it and a
+-- return to the plan does not give it back.
+--
 -- The claw-back also looks at each grant of the allowance: it stopped at the first one it
 -- could take nothing from (all of it held), and back on a plan while a hold kept part of its
 -- allowance, what expired on leaving comes back as its own unheld grant, which a refund then
@@ -72,6 +81,9 @@ DECLARE
   v_ended boolean := false;
   v_spent boolean := false;
   v_owing boolean := false;
+  v_balance creditgate.balances;
+  v_kept bigint;
+  v_n bigint;
 BEGIN
   SELECT * INTO v_account FROM creditgate.accounts WHERE id = p_account_id;
   SELECT coalesce(sum(least(refunded_minor, amount_minor)), 0) INTO v_refunded
@@ -88,6 +100,36 @@ BEGIN
   LOOP
     v_due := CASE WHEN p_paid > 0 THEN floor(k.granted::numeric * least(v_refunded, p_paid) / p_paid)::bigint
                   ELSE 0 END - coalesce((v_taken ->> k.key)::bigint, 0);
+    -- The parts set aside for the refund (below): what no hold made before it covers any
+    -- more is the refund's now, on the plan or not; what holds still cover stays set aside;
+    -- what a hold's settle spent of it was used; what expired of it (were the refund not run
+    -- at a hold's end) is gone as the refund would have taken it.
+    v_kept := 0;
+    FOR v_grant IN
+      SELECT s.* FROM creditgate.grants s
+      WHERE s.account_id = p_account_id AND s.key = k.key AND s.source = 'allowance' AND s.plan_id IS NULL
+        AND s.external_ref LIKE '%:refund:%'
+        AND EXISTS (SELECT 1 FROM creditgate.grants o
+                    WHERE o.account_id = p_account_id AND o.key = k.key AND o.source = 'allowance'
+                      AND o.plan_id = p_plan AND o.period_start = p_start
+                      AND starts_with(s.external_ref, o.external_ref || ':refund:'))
+      ORDER BY s.priority, s.expires_at, s.id
+    LOOP
+      IF v_grant.live THEN
+        SELECT * INTO v_balance FROM creditgate.balances WHERE account_id = p_account_id AND key = k.key;
+        v_take := creditgate.expirable(v_grant, v_balance);
+        IF v_take > 0 THEN
+          PERFORM creditgate.claw_back(p_account_id, v_grant.external_ref, v_take, p_charge_id, k.key);
+          v_done := v_done || jsonb_build_object(k.key, coalesce((v_done ->> k.key)::bigint, 0) + v_take);
+          v_due := v_due - v_take;
+        END IF;
+        v_kept := v_kept + v_grant.remaining - greatest(v_take, 0);
+      END IF;
+      v_due := v_due - coalesce((SELECT -sum(amount) FROM creditgate.ledger_entries
+                                 WHERE grant_id = v_grant.id AND kind = 'expire'), 0);
+    END LOOP;
+    v_due := v_due - v_kept;
+    v_owing := v_owing OR v_kept > 0;
     CONTINUE WHEN v_due <= 0;
     IF (v_account.plan_id, v_account.period_start) IS DISTINCT FROM (p_plan, p_start) THEN
       v_ended := true;
@@ -120,6 +162,33 @@ BEGIN
       v_due := v_due - v_take;
       EXIT WHEN v_due <= 0;
     END LOOP;
+    IF v_due > 0 AND v_refunded < p_paid THEN
+      -- What is still due is all held now (the unheld part was taken above). Set it aside as
+      -- its own grant, ended now: only the holds made before may burn it (their calls spend
+      -- it or not), no other call can, and when they end it is the refund's (above). Left in
+      -- the allowance, another call's spend burned it (the allowance burns first) and the
+      -- holds' cover moved to the user's other credits: the refund lost it. No journal line:
+      -- the balance keeps the same grants' worth. Without a plan or period, a return to the
+      -- plan does not give it back (reinstate_allowances) and no allowance sum counts it.
+      FOR v_grant IN
+        SELECT * FROM creditgate.grants
+        WHERE account_id = p_account_id AND key = k.key AND source = 'allowance' AND plan_id = p_plan
+          AND period_start = p_start AND live AND (expires_at IS NULL OR expires_at > now())
+        ORDER BY priority, expires_at, id
+      LOOP
+        v_take := least(v_due, v_grant.remaining);
+        SELECT count(*) + 1 INTO v_n FROM creditgate.grants
+        WHERE account_id = p_account_id AND external_ref LIKE '%:refund:%';
+        UPDATE creditgate.grants SET remaining = remaining - v_take WHERE id = v_grant.id;
+        INSERT INTO creditgate.grants
+          (account_id, key, source, amount, remaining, priority, expires_at, external_ref, reason)
+        VALUES (p_account_id, k.key, 'allowance', v_take, v_take, v_grant.priority, now(),
+                v_grant.external_ref || ':refund:' || p_charge_id || ':' || v_n, v_grant.reason);
+        v_owing := true;
+        v_due := v_due - v_take;
+        EXIT WHEN v_due <= 0;
+      END LOOP;
+    END IF;
     IF v_due > 0 AND v_refunded >= p_paid THEN
       -- Refunded in full while open holds keep part of it: the allowance ends now. Those
       -- holds' calls (under way) may still spend what they keep; the rest expires as

@@ -34,6 +34,14 @@ WHERE EXISTS (SELECT 1 FROM creditgate.stripe_events e
               WHERE e.object_id = r.invoice_id AND e.type = 'invoice.paid' AND e.handled)
   AND r.account_id = %s"""
 
+# Before 123 the held part of the share stayed in the allowance grant, not set aside.
+UNDO_SET_ASIDE = """
+WITH aside AS (
+  DELETE FROM creditgate.grants s WHERE s.account_id = %s AND s.plan_id IS NULL AND s.external_ref LIKE '%%:refund:%%'
+  RETURNING s.external_ref, s.remaining)
+UPDATE creditgate.grants o SET remaining = o.remaining + a.remaining FROM aside a
+WHERE o.account_id = %s AND starts_with(a.external_ref, o.external_ref || ':refund:')"""
+
 
 def owing(sql, account) -> list[bool]:
     return [row[0] for row in sql("SELECT owing FROM creditgate.invoice_refunds WHERE account_id = %s", account)]
@@ -158,15 +166,7 @@ def test_a_full_refund_with_a_hold_stays_owing_for_a_return_to_the_plan(
 # ───────────────────── 2. what another call spends while a hold keeps the refund's part
 
 
-LEAK = pytest.mark.xfail(
-    strict=True,
-    reason="review finding, not fixed: a spend burns the allowance first (burn order), so "
-    "credits spent while a hold keeps a partly refunded allowance are taken from the part "
-    "the refund is owed, and the user's other credits are kept instead",
-)
-
-
-@pytest.mark.parametrize("release_first", [True, pytest.param(False, marks=LEAK)])
+@pytest.mark.parametrize("release_first", [True, False])
 def test_spending_while_a_hold_keeps_the_refunds_part_does_not_change_what_the_refund_takes(
     stripe_http, fake, make_account, service_headers, ledger, sql, welcome, release_first
 ):
@@ -190,6 +190,79 @@ def test_spending_while_a_hold_keeps_the_refunds_part_does_not_change_what_the_r
     assert_reconciled(ledger, account)
     assert credits(ledger, account) == (welcome + 150 * MICRO, 0)
     assert refund_row(sql, charge)[1]["credits"] == 1_350 * MICRO
+
+
+def aside(sql, account) -> list[tuple[int, int]]:
+    """(amount, remaining) of the parts of an allowance set aside for a refund."""
+    return sql(
+        "SELECT amount, remaining FROM creditgate.grants WHERE account_id = %s AND external_ref LIKE '%%:refund:%%' "
+        "ORDER BY id",
+        account,
+    )
+
+
+@pytest.mark.parametrize(("used", "taken"), [(1_000, 500), (400, 1_100)])
+def test_the_holds_own_settle_may_spend_the_part_set_aside_and_the_refund_takes_the_rest(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome, used, taken
+):
+    """The 850 held of the refund's 1,350 is set aside when the refund comes; the hold made
+    before it may still spend it. Settled for all of its 1,000, the call used 850 of it and
+    150 of the allowance: nothing of the allowance is left to take. Settled for 400, the
+    call used 400 of it: the other 450 and the allowance's unheld 150 go to the refund at
+    the settle. The user's other 1,000 credits are untouched either way."""
+    account = make_account()
+    _, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    grant(ledger, account, 1_000)
+    charge = paid_invoice(events)["charge"]
+    hold = hold_of(ledger, account, 1_000)
+    deliver_all(stripe_http, fake, fake.refund(charge, amount=PRO_PRICE * 9 // 10))
+    assert refund_row(sql, charge)[1]["credits"] == 500 * MICRO
+    assert aside(sql, account) == [(850 * MICRO, 850 * MICRO)]
+    assert owing(sql, account) == [True]
+    settle(ledger, hold, used)
+    assert credits(ledger, account) == (welcome + 1_000 * MICRO, 0)
+    assert refund_row(sql, charge)[1]["credits"] == taken * MICRO
+    assert aside(sql, account) == [(850 * MICRO, 0)]
+    # (A settle for all it held frees nothing and runs no claw-back; the next hold end does.)
+    ledger.release_reservation({"reservation_id": hold_of(ledger, account, 1)})
+    assert owing(sql, account) == [False]
+    assert refund_row(sql, charge)[1]["credits"] == taken * MICRO
+    assert_reconciled(ledger, account)
+
+
+def test_a_round_trip_after_the_refund_set_a_part_aside_never_gives_that_part_back(
+    stripe_http, fake, make_account, service_headers, ledger, sql, welcome
+):
+    """Half refunded while a hold keeps 1,000: 500 taken, 250 set aside. On business the
+    hold settles for 100 (of the part set aside): the other 150 of it go to the refund at
+    once, and the 750 left of pro's allowance expire. Back on pro, only those 750 come back
+    (the part set aside is no allowance of the plan's any more), and the refund takes its
+    last 100 from them: 650 of pro's 1,500 are the user's (1,500 less 750 refunded, less 100
+    used)."""
+    account = make_account()
+    sub, events = subscribe(stripe_http, fake, service_headers, account)
+    deliver_all(stripe_http, fake, events)
+    charge = paid_invoice(events)["charge"]
+    hold = hold_of(ledger, account, 1_000)
+    deliver_all(stripe_http, fake, fake.refund(charge, amount=PRO_PRICE // 2))
+    assert aside(sql, account) == [(250 * MICRO, 250 * MICRO)]
+    to_plan(stripe_http, fake, sub, "business")
+    settle(ledger, hold, 100)
+    assert refund_row(sql, charge)[1]["credits"] == 650 * MICRO
+    assert aside(sql, account) == [(250 * MICRO, 0)]
+    assert owing(sql, account) == [True]
+    to_plan(stripe_http, fake, sub, "pro")
+    back = sql(
+        "SELECT amount FROM creditgate.grants "
+        "WHERE account_id = %s AND key = 'credits' AND external_ref LIKE '%%:back:%%'",
+        account,
+    )
+    assert back == [(750 * MICRO,)]
+    assert refund_row(sql, charge)[1]["credits"] == 750 * MICRO
+    assert credits(ledger, account) == (welcome + 650 * MICRO, 0)
+    assert owing(sql, account) == [False]
+    assert_reconciled(ledger, account)
 
 
 # ───────────────────────────────────── 3. locks: a hold end racing a refund's webhook
@@ -286,6 +359,7 @@ def test_refunds_marked_owing_by_the_migration_take_a_held_part_given_back_befor
     hold = hold_of(ledger, account, 1_000)
     deliver_all(stripe_http, fake, fake.refund(charge, amount=PRO_PRICE // 2))
     sql("UPDATE creditgate.invoice_refunds SET owing = false WHERE account_id = %s", account)  # as before 123
+    sql(UNDO_SET_ASIDE, account, account)  # nor did it set the held part aside
     ledger.release_reservation({"reservation_id": hold})
     assert credits(ledger, account) == (welcome + 1_000 * MICRO, 0)  # the held 250 given back, as before
 
