@@ -108,15 +108,15 @@ def not_enforced(denial: ProblemError, request: dict, ledger: LedgerDep) -> dict
         recorded = ledger.record_usage(usage)
         charged, usage_id = format_micro(recorded["cost"]), recorded["usage_id"]
     # The plan and balance an allowed answer names: a second read, paid only on this path.
-    now = ledger.entitlements(request["account_id"])
-    feature = now["features"].get(request["feature"]) or {}
+    account = ledger.entitlements(request["account_id"])
+    feature = account["features"].get(request["feature"]) or {}
     balance = None
     if feature.get("balance_key") and isinstance(feature.get("available"), int):
         balance = {"key": feature["balance_key"], "available": format_micro(feature["available"])}
     return {
         "allowed": True,
         "account_id": request.get("account_id"),
-        "plan": now["plan"]["id"],
+        "plan": account["plan"]["id"],
         "feature": request["feature"],
         "agent": request.get("agent"),
         "model": request.get("model"),
