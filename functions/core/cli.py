@@ -83,7 +83,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_grant(args: argparse.Namespace) -> int:
     from functions.core.accounts.schemas import GrantAnswer
     from functions.core.money import to_micro
-    from functions.core.present import micro_fields
+    from functions.core.present import movement
 
     answer = _ledger().grant_credits(
         {
@@ -96,9 +96,7 @@ def cmd_grant(args: argparse.Namespace) -> int:
         }
     )
     # As POST /v1/accounts/{id}/grants answers: its fields, amounts in credits, a replay said.
-    answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
-    shown = GrantAnswer.model_validate(micro_fields(answer, ("amount",))).model_dump(mode="json")
-    print(json.dumps(shown, indent=2))
+    print(json.dumps(GrantAnswer.model_validate(movement(answer)).model_dump(mode="json"), indent=2))
     return 0
 
 

@@ -32,6 +32,11 @@ def micro_fields(data: dict[str, Any], names: tuple[str, ...] = MICRO_FIELDS) ->
     return out
 
 
+def movement(answer: dict[str, Any], amounts: tuple[str, ...] = ("amount",)) -> dict[str, Any]:
+    """A grant's or debit's answer as the API shows it: its amounts and the balance it left in credits."""
+    return micro_fields({**answer, "balance": micro_fields(answer["balance"], ("available", "debt"))}, amounts)
+
+
 def micro_map(amounts: dict[str, int]) -> dict[str, str]:
     """Amounts by balance key, as the API shows them (decimal strings)."""
     return {key: format_micro(amount) for key, amount in amounts.items()}

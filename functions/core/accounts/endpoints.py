@@ -27,7 +27,7 @@ from functions.core.accounts.schemas import (
 )
 from functions.core.deps import LedgerDep, ServiceDep
 from functions.core.openapi import IDEMPOTENT, SIGNED_IN
-from functions.core.present import micro_fields, micro_map
+from functions.core.present import micro_fields, micro_map, movement
 from functions.core.schemas import ACCOUNT_ID, AccountId, IdempotencyKey, Slug
 
 router = APIRouter(tags=["admin"], responses=SIGNED_IN)
@@ -114,8 +114,7 @@ def post_grant(
     answer = ledger.grant_credits(request)
     if answer.get("replayed"):
         response.status_code = 200
-    answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
-    return micro_fields(answer, ("amount",))
+    return movement(answer)
 
 
 @router.post(
@@ -138,8 +137,7 @@ def post_debit(
     answer = ledger.debit(request)
     if answer.get("replayed"):
         response.status_code = 200
-    answer["balance"] = micro_fields(answer["balance"], ("available", "debt"))
-    return micro_fields(answer, ("amount", "debt_added"))
+    return movement(answer, ("amount", "debt_added"))
 
 
 @router.put("/v1/accounts/{account_id}/allowances", response_model=AllowancesAnswer)
